@@ -1,0 +1,1 @@
+"""Stage records, test media and the grounded synthetic corpus."""

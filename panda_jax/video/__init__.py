@@ -1,0 +1,1 @@
+"""Video decoding and, later, shot detection, stitching and the split CLI."""
