@@ -136,12 +136,29 @@ def test_garbled_stream_is_corrupt(test_clip, tmp_path):
             pass
 
 
-def test_writer_rejects_bad_frames(tmp_path):
-    with io.VideoWriter(tmp_path / "x.mp4", 24) as writer:
-        with pytest.raises(ValueError, match="even width and height"):
-            writer.write(np.zeros((31, 32, 3), np.uint8))
-        with pytest.raises(ValueError, match="uint8"):
-            writer.write(np.zeros((32, 32, 3), np.float32))
+def test_writer_rejects_bad_frames_and_leaves_no_file(tmp_path):
+    writer = io.VideoWriter(tmp_path / "x.mp4", 24)
+    with pytest.raises(ValueError, match="even width and height"):
+        writer.write(np.zeros((31, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        writer.write(np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match="no frames were written"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_is_atomic(tmp_path):
+    path = tmp_path / "clip.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        with io.VideoWriter(path, 24) as writer:
+            writer.write(counter_frame(0))
+            raise KeyboardInterrupt  # killed half way
+    assert list(tmp_path.iterdir()) == []
+    with io.VideoWriter(path, 24) as writer:
+        for i in range(5):
+            writer.write(counter_frame(i))
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
+    assert io.probe(path).num_frames == 5
 
 
 def test_writer_is_reproducible(tmp_path):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -225,14 +225,19 @@ class _Decoder:
             offset = self.start_pts + int(time / self.time_base)
             self.container.seek(offset, stream=self.stream, backward=True)
 
-    def frames(self, size: Size | None = None, start: float | None = None) -> Iterator[Frame]:
-        """Yields frames with time >= start (seconds), converted to RGB at `size`."""
+    def rgb_converter(self, size: Size | None) -> Callable[[av.VideoFrame], np.ndarray]:
+        """Returns a function converting a decoded frame to uint8 RGB at `size`."""
         out = _output_size(size, self.width, self.height)
         reformat = dict(format="rgb24", threads=1)
         if out is not None:
             reformat.update(width=out[0], height=out[1], interpolation="AREA")
+        return lambda frame: frame.to_ndarray(**reformat)
 
-        start = start or 0.0
+    def frames(self, start: float = 0.0) -> Iterator[tuple[int, float, av.VideoFrame]]:
+        """Yields (index, time, frame) for frames with time >= start, still in decoder format.
+
+        Conversion to RGB is left to the caller, which skips it for frames it does not keep.
+        """
         half_frame = 0.5 / self.fps
         backoff = 0.0
         while True:
@@ -254,7 +259,7 @@ class _Decoder:
             if time < start - half_frame:
                 continue
             index = (0 if start == 0 else round(time * self.fps)) if index is None else index + 1
-            yield Frame(index, time, frame.to_ndarray(**reformat))
+            yield index, time, frame
 
 
 def _chain(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.VideoFrame]:
@@ -285,14 +290,17 @@ def iter_frames(
     with _Decoder(path) as decoder:
         source_period = 1.0 / decoder.fps
         next_time = start
-        for frame in decoder.frames(size=size, start=start):
-            if end is not None and frame.time >= end - 1e-9:
+        to_rgb = decoder.rgb_converter(size)
+        for index, time, frame in decoder.frames(start):
+            if end is not None and time >= end - 1e-9:
                 break
             if fps is None:
-                yield frame
+                yield Frame(index, time, to_rgb(frame))
                 continue
-            while next_time < frame.time + source_period - 1e-9:
-                yield frame
+            image = None
+            while next_time < time + source_period - 1e-9:
+                image = to_rgb(frame) if image is None else image
+                yield Frame(index, time, image)
                 next_time += 1.0 / fps
 
 
@@ -326,14 +334,17 @@ def _read_indices(decoder: _Decoder, indices: list[int], size: Size | None) -> n
     wanted = sorted(set(indices))
     found: dict[int, np.ndarray] = {}
     seek_gap = int(math.ceil(4 * decoder.fps))
+    to_rgb = decoder.rgb_converter(size)
     position = 0
     while position < len(wanted):
-        with contextlib.closing(decoder.frames(size=size, start=wanted[position] / decoder.fps)) as frames:
-            for frame in frames:
-                while position < len(wanted) and wanted[position] <= frame.index:
-                    found[wanted[position]] = frame.image
+        with contextlib.closing(decoder.frames(start=wanted[position] / decoder.fps)) as frames:
+            for index, _, frame in frames:
+                if wanted[position] <= index:
+                    image = to_rgb(frame)
+                while position < len(wanted) and wanted[position] <= index:
+                    found[wanted[position]] = image
                     position += 1
-                if position == len(wanted) or wanted[position] - frame.index > seek_gap:
+                if position == len(wanted) or wanted[position] - index > seek_gap:
                     break
             else:
                 break  # the stream ended before the remaining indices
@@ -345,10 +356,11 @@ def _read_indices(decoder: _Decoder, indices: list[int], size: Size | None) -> n
 
 
 class VideoWriter:
-    """Encodes uint8 RGB frames into a video file (H.264 in mp4 by default).
+    """Encodes uint8 RGB frames into a video file (H.264 in mp4 by default), atomically.
 
-    The frame size is taken from the first frame; frame i gets timestamp i / fps. With
-    `threads=1` (the default) the file is byte-for-byte reproducible.
+    The frame size is taken from the first frame and frame i gets timestamp i / fps. Frames go
+    to a temporary file renamed into place on a clean close, so a killed writer leaves no
+    half-written video. With `threads=1` (the default) the bytes depend on the frames alone.
     """
 
     def __init__(
@@ -366,8 +378,13 @@ class VideoWriter:
         self.options = {"crf": "18", "preset": "medium"} if options is None and codec == "libx264" else (options or {})
         self.bit_rate = bit_rate
         self.threads = threads
-        # bitexact: no creation time or muxer version in the header, so equal frames give equal bytes.
-        self.container = av.open(str(self.path), mode="w", container_options={"fflags": "+bitexact"})
+        # bitexact: no creation time or muxer version in the header.
+        container_options = {"fflags": "+bitexact"}
+        if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") and self.fps.denominator == 1:
+            container_options["video_track_timescale"] = str(self.fps.numerator)  # stored pts == index
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        self.container = av.open(str(self._tmp), mode="w", container_options=container_options)
         self.stream = None
         self.count = 0
 
@@ -385,18 +402,30 @@ class VideoWriter:
             self.stream.codec_context.thread_count = self.threads
             if self.bit_rate:
                 self.stream.bit_rate = self.bit_rate
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        # Converting here, single-threaded, rather than inside encode() keeps the output
+        # reproducible: the encoder's own conversion varied from run to run (PyAV 18.1).
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p", threads=1)
         frame.pts = self.count
         self.container.mux(self.stream.encode(frame))
         self.count += 1
 
     def close(self) -> None:
-        if self.stream is not None:
-            self.container.mux(self.stream.encode(None))
+        if self.stream is None:
+            self.abort()
+            raise ValueError(f"{self.path}: no frames were written, so no video was made")
+        self.container.mux(self.stream.encode(None))
         self.container.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self.container.close()
+        self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> VideoWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
