@@ -38,16 +38,17 @@ def split_long_shots(
 ) -> list[Shot]:
     """Cuts every shot longer than `max_seconds` into `piece_seconds` pieces.
 
-    Pieces are taken from the start while more than `max_seconds` remain, so the last piece
-    lasts at most `max_seconds` (Panda-70M: a 12 s shot becomes 5 s + 7 s, 13 s becomes 5+5+3).
+    Catches what shot detection misses (slow fades, unedited footage). Pieces are taken from
+    the start while more than `max_seconds` remain, so the last piece lasts at most
+    `max_seconds`: a 12 s shot becomes 5 s + 7 s, a 13 s one 5 + 5 + 3 (Panda-70M's rule,
+    with its frame arithmetic: compare against max_seconds * fps, step int(piece_seconds * fps)).
     """
-    max_frames = round(max_seconds * fps)
-    piece_frames = round(piece_seconds * fps)
-    if piece_frames <= 0 or piece_frames > max_frames:
+    piece_frames = int(piece_seconds * fps)
+    if piece_frames <= 0 or piece_seconds > max_seconds:
         raise ValueError(f"need 0 < piece_seconds <= max_seconds, got {piece_seconds} and {max_seconds}")
     pieces: list[Shot] = []
     for start, end in shots:
-        while end - start > max_frames:
+        while end - start > max_seconds * fps:
             pieces.append((start, start + piece_frames))
             start += piece_frames
         pieces.append((start, end))
