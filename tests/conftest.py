@@ -26,20 +26,27 @@ def test_clip() -> Callable[[str], Path]:
 
 
 def counter_frame(index: int, width: int = 96, height: int = 64) -> np.ndarray:
-    """A frame whose content encodes its index: a gray level and a red bar's position.
+    """A frame whose content encodes its index, robustly enough to survive lossy compression.
 
-    Survives lossy compression: the gray level steps by 4 and the bar moves 1 px per frame.
+    The bottom 16 rows are an 8-bit barcode of the index (black or white blocks); above it a
+    gray level steps by 4 per frame and a red bar moves 1 px per frame.
     """
     image = np.full((height, width, 3), (index * 4) % 200 + 20, np.uint8)
     x = index % (width - 16)
     image[8:24, x : x + 16] = (255, 0, 0)
+    block = width // 8
+    for bit in range(8):
+        image[height - 16 :, bit * block : (bit + 1) * block] = 255 if (index >> bit) & 1 else 0
     return image
 
 
 def decoded_index(image: np.ndarray) -> int:
-    """Inverts counter_frame's gray level for a frame of a video shorter than 50 frames."""
-    background = float(np.median(image[40:, :, 1]))
-    return int(round((background - 20) / 4))
+    """Reads back the barcode of `counter_frame` (index modulo 256)."""
+    height, width = image.shape[:2]
+    block = width // 8
+    strip = image[height - 12 : height - 4].mean(axis=(0, 2))
+    bits = [strip[bit * block + 2 : (bit + 1) * block - 2].mean() > 128 for bit in range(8)]
+    return sum(1 << bit for bit, on in enumerate(bits) if on)
 
 
 @pytest.fixture(scope="session")

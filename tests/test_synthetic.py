@@ -338,6 +338,10 @@ def test_titles_and_descriptions_vary_and_sometimes_help():
 # ----------------------------------------------------------------------------- corpus and CLI
 
 
+def _decode(path: Path) -> np.ndarray:
+    return np.stack([f.image for f in io.iter_frames(path)]).astype(np.float32)
+
+
 def test_corpus_is_identical_for_any_worker_count(tmp_path):
     kwargs = dict(num_videos=2, size=64, duration=8.0)
     one = synthetic.generate_corpus(tmp_path / "one", seed=11, workers=1, **kwargs)
@@ -345,10 +349,12 @@ def test_corpus_is_identical_for_any_worker_count(tmp_path):
     other = synthetic.generate_corpus(tmp_path / "other", seed=12, workers=1, **kwargs)
     assert one == two == list(read_jsonl(tmp_path / "one" / "videos.jsonl"))
     assert other != one
+    # x264 is reproducible in content, not always to the byte: compare decoded frames.
     for a, b, c in zip(one, two, other):
-        data = (tmp_path / "one" / a["path"]).read_bytes()
-        assert data == (tmp_path / "two" / b["path"]).read_bytes()
-        assert data != (tmp_path / "other" / c["path"]).read_bytes()
+        decoded = [_decode(tmp_path / name / r["path"]) for name, r in (("one", a), ("two", b), ("other", c))]
+        assert decoded[0].shape == decoded[1].shape
+        assert np.abs(decoded[0] - decoded[1]).mean() < 0.5
+        assert decoded[0].shape != decoded[2].shape or np.abs(decoded[0] - decoded[2]).mean() > 5
 
 
 def test_cli_writes_a_movable_corpus(tmp_path):

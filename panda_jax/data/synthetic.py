@@ -8,8 +8,8 @@ dissolves. Each video carries the metadata of a real upload (title, description 
 subtitles, some of them wrong) and the ground truth that later stages are scored against:
 shots, events with captions and structured facts, transitions and subtitle noise.
 
-Video i depends only on (seed, i), so a corpus is the same whatever the worker count, and
-the x264 encoder runs single-threaded so that its bytes are reproducible too.
+Video i depends only on (seed, i), so a corpus is the same whatever the worker count (records
+exactly; video files in content, since x264 is not always byte-reproducible).
 
     python -m panda_jax.data.synthetic --out /tmp/synth --num-videos 100 --seed 0 --workers 2
 """

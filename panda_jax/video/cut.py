@@ -1,8 +1,9 @@
 """Writing clips out of a long video: fast stream copy, or exact re-encode.
 
 Stream copy moves the compressed packets unchanged, so it is as fast as reading the file but
-a clip can only start on a keyframe: it starts at the last keyframe at or before the clip's
-start. Re-encoding decodes exactly the clip's frames and encodes them again (H.264, video only).
+only approximately cut: a clip starts at the last keyframe at or before its start, and ends
+with every packet decoded before its end (with B-frames, a reference frame or two shown after
+it). Re-encoding decodes exactly the clip's frames and encodes them again (H.264, no audio).
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ def cut_copy(path: str | os.PathLike, out: str | os.PathLike, start: float, end:
                     if packet.pts is None or packet.dts is None or not packet.size:
                         continue
                     stream = packet.stream
-                    seconds = float((packet.pts - (stream.start_time or 0)) * stream.time_base)
+                    offset = stream.start_time or 0
                     if stream.index == video.index:
                         if not started and not packet.is_keyframe:
                             continue
                         started = True
-                        if seconds >= end:
+                        # Decode order: stop at the first packet decoded at or after the end.
+                        if float((packet.dts - offset) * stream.time_base) >= end:
                             break
-                    elif not started or seconds >= end:
+                    elif not started or float((packet.pts - offset) * stream.time_base) >= end:
                         continue
                     first = origin.setdefault(stream.index, min(packet.dts, packet.pts))
                     packet.pts -= first

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import av
+import cv2
 import numpy as np
 
 
@@ -360,7 +361,8 @@ class VideoWriter:
 
     The frame size is taken from the first frame and frame i gets timestamp i / fps. Frames go
     to a temporary file renamed into place on a clean close, so a killed writer leaves no
-    half-written video. With `threads=1` (the default) the bytes depend on the frames alone.
+    half-written video. x264 output is reproducible in content, not always to the byte: within
+    one process it sometimes differs in a few bits.
     """
 
     def __init__(
@@ -399,13 +401,14 @@ class VideoWriter:
             self.stream.width, self.stream.height = width, height
             self.stream.pix_fmt = "yuv420p"
             self.stream.time_base = 1 / self.fps
-            self.stream.codec_context.thread_count = self.threads
+            self.stream.codec_context.time_base = 1 / self.fps
+            if self.codec == "libx264":  # (threaded x264 output varies; mpeg2video's pts break)
+                self.stream.codec_context.thread_count = self.threads
             if self.bit_rate:
                 self.stream.bit_rate = self.bit_rate
-        # Converting here, single-threaded, rather than inside encode() keeps the output
-        # reproducible: the encoder's own conversion varied from run to run (PyAV 18.1).
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p", threads=1)
+        frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         frame.pts = self.count
+        frame.time_base = 1 / self.fps  # else x264's rate control sees garbage timestamps
         self.container.mux(self.stream.encode(frame))
         self.count += 1
 
