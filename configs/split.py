@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.detector = "transnetv2"  # or "content"
 
     # PySceneDetect-style content detector, as Panda-70M ran it.
-    config.content = ml_collections.ConfigDict(dict(threshold=25.0, min_scene_len=15, analysis_width=256))
+    config.content = ml_collections.ConfigDict(dict(threshold=25.0, min_scene_len=15, analysis_size=256))
     # TransNetV2: a frame whose single-frame cut probability exceeds this starts a new shot.
     config.transnetv2 = ml_collections.ConfigDict(dict(threshold=0.5))
 
