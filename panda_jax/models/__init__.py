@@ -1,0 +1,1 @@
+"""Flax NNX models, one architecture per file, each with a `load()` for its foreign checkpoint."""

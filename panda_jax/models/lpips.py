@@ -1,0 +1,271 @@
+"""LPIPS with the AlexNet backbone (Zhang et al., 2018) in Flax NNX, for inference.
+
+LPIPS is Panda-70M's split-quality measure (Max Running LPIPS): a perceptual distance between
+two images that is near 0 for two frames of one continuous shot and large across a cut. It
+computes what the `lpips` package (0.1.4) does with `net="alex", version="0.1"`:
+  1. shift and scale the [-1, 1] RGB input per channel (its `ScalingLayer`);
+  2. take AlexNet's five ReLU outputs (torchvision `features` indices 1, 4, 7, 9, 11);
+  3. scale every spatial position's channel vector to unit length;
+  4. square the difference between the two images' features, average it over space and weigh
+     the channels with a learned non-negative 1×1 "lin" head per layer;
+  5. sum the five layers.
+
+Weights, in big_vision style, come from the two files the `lpips` package itself uses: the
+backbone is a torchvision AlexNet state dict (`features.0.weight`, ...) and the heads are the
+package's `weights/v0.1/alex.pth` (`lin0.model.1.weight`, ...), as safetensors or `.pth`.
+
+Pretrained AlexNet weights cannot be had offline (torchvision downloads them), so unless a
+user supplies them, the backbone is random: distances then still rank pairs sensibly (0 for
+identical frames, larger across a cut than within a shot) but their absolute values are NOT
+comparable with LPIPS numbers in papers, Panda-70M's 0.256 included. The heads alone ship in
+the `lpips` wheel on the package registry (`pretrained_heads_path`).
+
+Layout: activations are channels-last, [batch, height, width, channels].
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from panda_jax.data import testmedia
+
+# The lpips package's ScalingLayer: ImageNet statistics expressed for [-1, 1] inputs.
+SHIFT = (-0.030, -0.088, -0.188)
+SCALE = (0.458, 0.448, 0.450)
+CHANNELS = (64, 192, 384, 256, 256)  # widths of AlexNet's five tapped ReLU outputs
+FEATURE_INDICES = (0, 3, 6, 8, 10)  # the convolutions' indices in torchvision's `features`
+MIN_SIZE = 31  # smallest side for which AlexNet's last tap is not empty
+NORM_EPS = 1e-10  # added to the feature norm, as lpips.normalize_tensor does
+
+HEADS = testmedia.PackageFile(
+    "lpips==0.1.4",
+    "lpips/weights/v0.1/alex.pth",
+    "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+)
+
+
+class AlexNetFeatures(nnx.Module):
+    """AlexNet's convolutional trunk up to conv5's ReLU; returns the five ReLU outputs."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        # (in, out, kernel, stride, padding) of torchvision's features.0/3/6/8/10.
+        specs = [(3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1)]
+        self.convs = nnx.List(
+            nnx.Conv(i, o, (k, k), strides=s, padding=p, rngs=rngs) for i, o, k, s, p in specs
+        )
+
+    def __call__(self, x: jax.Array) -> list[jax.Array]:
+        taps = []
+        for index, conv in enumerate(self.convs):
+            if index in (1, 2):  # features.2 and features.5: 3×3 max pooling, stride 2, floor mode
+                x = nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
+            x = nnx.relu(conv(x))
+            taps.append(x)
+        return taps
+
+
+def _unit_channels(x: jax.Array) -> jax.Array:
+    return x / (jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True)) + NORM_EPS)
+
+
+class LPIPS(nnx.Module):
+    """Images [batch, h, w, 3] in [-1, 1], pairwise → LPIPS distances [batch].
+
+    A fresh module has a random backbone and random non-negative heads; `load`, `load_alexnet`
+    and `load_heads` put real weights in.
+    """
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.backbone = AlexNetFeatures(rngs=rngs)
+        # Non-negative and of the trained heads' scale (mean weight about 0.1), so that a random
+        # model gives distances >= 0 of roughly LPIPS' size.
+        self.heads = nnx.List(
+            nnx.Linear(c, 1, use_bias=False, kernel_init=jax.nn.initializers.uniform(0.2), rngs=rngs)
+            for c in CHANNELS
+        )
+
+    def features(self, images: jax.Array) -> list[jax.Array]:
+        """Unit-normalised AlexNet features of [batch, h, w, 3] images in [-1, 1]."""
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected images [batch, height, width, 3], got shape {images.shape}")
+        if min(images.shape[1:3]) < MIN_SIZE:
+            raise ValueError(f"images must be at least {MIN_SIZE}×{MIN_SIZE} for AlexNet, got {images.shape[1:3]}")
+        x = (images.astype(jnp.float32) - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
+        return [_unit_channels(tap) for tap in self.backbone(x)]
+
+    def compare(self, features0: list[jax.Array], features1: list[jax.Array]) -> jax.Array:
+        """LPIPS between two batches of `features`, [batch]."""
+        total = 0.0
+        for head, a, b in zip(self.heads, features0, features1):
+            # The head is linear, so averaging over space first gives the same value for less work.
+            total = total + head(jnp.mean(jnp.square(a - b), axis=(1, 2)))[:, 0]
+        return total
+
+    def __call__(self, images0: jax.Array, images1: jax.Array) -> jax.Array:
+        if images0.shape != images1.shape:
+            raise ValueError(f"image batches differ in shape: {images0.shape} and {images1.shape}")
+        return self.compare(self.features(images0), self.features(images1))
+
+    def consecutive(self, images: jax.Array) -> jax.Array:
+        """LPIPS between images i and i + 1 of [n, h, w, 3], [n - 1]; each image runs once."""
+        features = self.features(images)
+        return self.compare([f[:-1] for f in features], [f[1:] for f in features])
+
+
+def from_uint8(frames: jax.Array | np.ndarray) -> jax.Array:
+    """uint8 RGB frames [..., h, w, 3] → float32 in [-1, 1], the range LPIPS expects."""
+    return jnp.asarray(frames, jnp.float32) / 127.5 - 1.0
+
+
+@nnx.jit
+def distance(model: LPIPS, images0: jax.Array, images1: jax.Array) -> jax.Array:
+    """Compiled `model(images0, images1)`: one LPIPS per pair, [batch]."""
+    return model(images0, images1)
+
+
+@nnx.jit
+def consecutive_distances(model: LPIPS, images: jax.Array) -> jax.Array:
+    """Compiled `model.consecutive(images)`: LPIPS between neighbours of [n, h, w, 3], [n - 1]."""
+    return model.consecutive(images)
+
+
+# --- Loading PyTorch weights --------------------------------------------------------------
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model; the message names every offending tensor."""
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one PyTorch tensor goes, and the shape PyTorch stores it in."""
+
+    variable: nnx.Variable
+    torch_shape: tuple[int, ...]
+
+
+def _alexnet_slots(model: LPIPS) -> dict[str, _Slot]:
+    slots = {}
+    for index, conv in zip(FEATURE_INDICES, model.backbone.convs):
+        kh, kw, c_in, c_out = conv.kernel.shape
+        slots[f"features.{index}.weight"] = _Slot(conv.kernel, (c_out, c_in, kh, kw))
+        slots[f"features.{index}.bias"] = _Slot(conv.bias, (c_out,))
+    return slots
+
+
+def _head_slots(model: LPIPS) -> dict[str, _Slot]:
+    # In lpips, model.0 is a Dropout (absent at inference) and model.1 the 1×1 convolution.
+    return {
+        f"lin{i}.model.1.weight": _Slot(head.kernel, (1, head.kernel.shape[0], 1, 1))
+        for i, head in enumerate(model.heads)
+    }
+
+
+def _to_flax(torch_value: np.ndarray) -> np.ndarray:
+    """A conv kernel (out, in, kh, kw) → (kh, kw, in, out); a bias stays as it is.
+
+    A head's (1, c, 1, 1) kernel becomes (1, 1, c, 1), which reshapes to nnx.Linear's (c, 1).
+    """
+    return torch_value.transpose(2, 3, 1, 0) if torch_value.ndim == 4 else torch_value
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads a state dict from safetensors or, with torch installed, a `.pth` file.
+
+    `.pth` is read with `weights_only=True`, which refuses anything but tensors.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    import torch  # only for .pth; torch is a development dependency
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors")
+    return {name: tensor.detach().cpu().float().numpy() for name, tensor in state.items()}
+
+
+def _fill(
+    slots: dict[str, _Slot],
+    tensors: dict[str, np.ndarray],
+    ignored_prefix: str | None,
+    what: str,
+    path: str | os.PathLike,
+) -> None:
+    """Checks `tensors` against `slots`, naming every problem at once, then copies them in."""
+    problems = []
+    missing = sorted(set(slots) - set(tensors))
+    unexpected = sorted(n for n in set(tensors) - set(slots) if not (ignored_prefix and n.startswith(ignored_prefix)))
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    for name in sorted(set(slots) & set(tensors)):
+        if tuple(tensors[name].shape) != slots[name].torch_shape:
+            problems.append(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {slots[name].torch_shape}")
+    if problems:
+        raise CheckpointError(f"{path} does not fit {what}: " + "; ".join(problems))
+    for name, slot in slots.items():
+        value = _to_flax(np.asarray(tensors[name], np.float32))
+        slot.variable.set_value(jnp.asarray(value.reshape(slot.variable.shape)))
+
+
+def load_alexnet(model: LPIPS, path: str | os.PathLike) -> None:
+    """Puts a torchvision AlexNet state dict into `model`'s backbone, in place.
+
+    Only `features.*` is used; torchvision's `classifier.*` tensors are accepted and ignored,
+    so a whole `alexnet-owt-*.pth` file loads as it is.
+    """
+    _fill(_alexnet_slots(model), read_state_dict(path), "classifier.", "the AlexNet backbone", path)
+
+
+def load_heads(model: LPIPS, path: str | os.PathLike) -> None:
+    """Puts the lpips package's linear heads (`weights/v0.1/alex.pth` layout) into `model`, in place.
+
+    Negative weights are refused: trained heads are clamped at 0, and a negative one could
+    make a distance negative.
+    """
+    tensors = read_state_dict(path)
+    slots = _head_slots(model)
+    negative = sorted(n for n in tensors if n in slots and np.min(tensors[n]) < 0)
+    if negative:
+        raise CheckpointError(f"{path}: LPIPS heads must be non-negative; these are not: {', '.join(negative)}")
+    _fill(slots, tensors, None, "the LPIPS heads", path)
+
+
+def load(alexnet_path: str | os.PathLike, heads_path: str | os.PathLike) -> LPIPS:
+    """Builds LPIPS from a torchvision AlexNet state dict and the lpips heads (local files).
+
+    With pretrained ImageNet AlexNet weights and `pretrained_heads_path()` this is the
+    `lpips` package's `LPIPS(net="alex", version="0.1")`. Raises CheckpointError naming every
+    missing, unexpected or misshaped tensor.
+    """
+    model = nnx.eval_shape(lambda: LPIPS(rngs=nnx.Rngs(0)))  # shapes only, no random init
+    load_alexnet(model, alexnet_path)
+    load_heads(model, heads_path)
+    return model
+
+
+def pretrained_heads_path(directory: Path | None = None) -> Path:
+    """The lpips v0.1 AlexNet heads as safetensors, from the `lpips` wheel on the registry.
+
+    The `.pth` is fetched once into the testmedia cache (checked by sha256) and converted
+    next to it; the conversion needs torch, later calls do not.
+    """
+    pth = testmedia.fetch_package_file(HEADS, "lpips-v0.1-alex.pth", directory)
+    out = pth.with_suffix(".safetensors")
+    if not out.exists():
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # unique per concurrent writer
+        save_file(read_state_dict(pth), str(tmp))
+        os.replace(tmp, out)
+    return out
