@@ -1,7 +1,8 @@
 """`make demo`: runs the most complete pipeline that exists and prints what it did.
 
-Today that is: fetch the real test clips and decode them, then generate a grounded synthetic
-corpus and check every video against its records. Stages join here as they land.
+Today that is: fetch the real test clips and decode them, generate a grounded synthetic corpus
+and check every video against its records, then split the corpus into clips with each shot
+detector and score the split against the ground truth. Stages join here as they land.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 from absl import app
 from ml_collections import config_flags
 
+from panda_jax import split
 from panda_jax.data import synthetic, testmedia
 from panda_jax.data.records import read_jsonl
 from panda_jax.video import io
+from panda_jax.video.metrics import split_report
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo configuration file.")
 
@@ -71,6 +74,21 @@ def build_corpus(config, out_dir: Path) -> None:
     print(f"  records: {out_dir / 'videos.jsonl'}")
 
 
+def split_corpus(corpus_dir: Path, out_dir: Path, workers: int) -> None:
+    print("== splitting the corpus (python -m panda_jax.split), scored against its ground truth")
+    videos = list(read_jsonl(corpus_dir / "videos.jsonl"))
+    inputs = split.read_video_list(corpus_dir / "videos.jsonl")
+    config = split.load_config()
+    for detector in split.DETECTORS:
+        out = out_dir / detector
+        start = time.perf_counter()
+        summary = split.run(inputs, out, split.Settings(detector, "default", stitch=True), config, workers=workers)
+        seconds = time.perf_counter() - start
+        report = split_report(videos, list(read_jsonl(out / "shots.jsonl")), list(read_jsonl(out / "clips.jsonl")))
+        print(f"  {detector:10s} {summary['clips']} clips in {seconds:.1f} s: {report.summary()}")
+        print(f"  {'':10s} records: {out / 'shots.jsonl'}, {out / 'clips.jsonl'}")
+
+
 def main(argv: list[str]) -> None:
     del argv
     logging.basicConfig(level=logging.WARNING)
@@ -78,7 +96,8 @@ def main(argv: list[str]) -> None:
     out_dir = Path(config.out_dir)
     decode_test_clips(tuple(config.test_clips))
     build_corpus(config.corpus, out_dir / "corpus")
-    print("== next stages (splitting, captioning, selection, dataset build, training) join this demo as they land")
+    split_corpus(out_dir / "corpus", out_dir / "split", config.corpus.workers)
+    print("== next stages (captioning, selection, dataset build, training) join this demo as they land")
 
 
 if __name__ == "__main__":
