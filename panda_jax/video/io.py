@@ -268,6 +268,18 @@ def _chain(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.V
     yield from rest
 
 
+@contextlib.contextmanager
+def decoded_frames(path: str | os.PathLike) -> Iterator[tuple[tuple[int, int], Iterator[av.VideoFrame]]]:
+    """Opens a video for one pass over every frame: ((width, height), decoded frames in order).
+
+    Frames stay in decoder format (usually YUV), for callers that convert them their own way,
+    such as shot detection going straight to its analysis size and colours in one swscale
+    call. No seek, no timestamps: the cheapest way through a whole video.
+    """
+    with _Decoder(path) as decoder:
+        yield (decoder.width, decoder.height), decoder._decoded()
+
+
 def iter_frames(
     path: str | os.PathLike,
     size: Size | None = None,
