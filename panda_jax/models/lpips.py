@@ -36,6 +36,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from panda_jax.data import testmedia
+from panda_jax.models import CheckpointError
 
 # The lpips package's ScalingLayer: ImageNet statistics expressed for [-1, 1] inputs.
 SHIFT = (-0.030, -0.088, -0.188)
@@ -138,10 +139,6 @@ def consecutive_distances(model: LPIPS, images: jax.Array) -> jax.Array:
 
 
 # --- Loading PyTorch weights --------------------------------------------------------------
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model; the message names every offending tensor."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from panda_jax.data import testmedia
+from panda_jax.models import CheckpointError
 
 FRAME_HEIGHT, FRAME_WIDTH = 27, 48
 DILATIONS = (1, 2, 4, 8)  # temporal dilation of the four branches of every dilated block
@@ -240,10 +241,6 @@ class TransNetV2(nnx.Module):
 
 
 # --- Loading PyTorch weights --------------------------------------------------------------
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model; the message names every offending tensor."""
 
 
 @dataclass(frozen=True)
