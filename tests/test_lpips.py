@@ -20,7 +20,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from panda_jax.data import testmedia
-from panda_jax.models import lpips
+from panda_jax.models import CheckpointError, lpips
 
 torch = pytest.importorskip("torch")
 
@@ -207,7 +207,7 @@ def test_loader_names_bad_backbone_tensors(tmp_path, edit, message):
     edit(state)
     save_file(state, str(tmp_path / "alexnet.safetensors"))
     model = lpips.LPIPS(rngs=nnx.Rngs(0))
-    with pytest.raises(lpips.CheckpointError, match=message):
+    with pytest.raises(CheckpointError, match=message):
         lpips.load_alexnet(model, tmp_path / "alexnet.safetensors")
 
 
@@ -216,12 +216,12 @@ def test_loader_refuses_negative_or_missing_heads(tmp_path):
     heads = _heads_state()
     heads["lin1.model.1.weight"][0, 5] = -0.1
     save_file(heads, str(tmp_path / "negative.safetensors"))
-    with pytest.raises(lpips.CheckpointError, match="non-negative.*lin1.model.1.weight"):
+    with pytest.raises(CheckpointError, match="non-negative.*lin1.model.1.weight"):
         lpips.load_heads(model, tmp_path / "negative.safetensors")
     heads = _heads_state()
     del heads["lin4.model.1.weight"]
     save_file(heads, str(tmp_path / "four.safetensors"))
-    with pytest.raises(lpips.CheckpointError, match="missing tensors: lin4.model.1.weight"):
+    with pytest.raises(CheckpointError, match="missing tensors: lin4.model.1.weight"):
         lpips.load_heads(model, tmp_path / "four.safetensors")
 
 

@@ -12,7 +12,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from panda_jax.data import testmedia
-from panda_jax.models import transnetv2
+from panda_jax.models import CheckpointError, transnetv2
 from panda_jax.video import io
 from panda_jax.video.transnetv2_detector import TransNetV2Detector, shots_from_predictions, windows
 
@@ -126,7 +126,7 @@ def _broken(weights, tmp_path, change) -> str:
     ids=["missing-conv", "missing-bias", "unexpected", "misshaped-linear", "misshaped-conv"],
 )
 def test_loader_names_what_does_not_fit(weights, tmp_path, change, message):
-    with pytest.raises(transnetv2.CheckpointError, match=message):
+    with pytest.raises(CheckpointError, match=message):
         transnetv2.load(_broken(weights, tmp_path, change))
 
 

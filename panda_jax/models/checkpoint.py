@@ -54,11 +54,25 @@ def read_config(directory: str | os.PathLike, model_types: Iterable[str]) -> dic
     return config
 
 
+class StateDict:
+    """Tensors already in memory (a converted PyTorch state dict), named by the file they came from."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], name: str | os.PathLike):
+        self.tensors, self.name = tensors, str(name)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(array.shape) for name, array in self.tensors.items()}
+
+    def read(self, names: Iterable[str]) -> Iterable[tuple[str, np.ndarray]]:
+        return ((name, self.tensors[name]) for name in names)
+
+
 class SafetensorsCheckpoint:
     """The tensors of a checkpoint directory, single file or sharded, read lazily by name."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
+        self.name = str(directory)
         single, index = self.directory / WEIGHTS_NAME, self.directory / WEIGHTS_INDEX_NAME
         if index.is_file():
             try:
@@ -141,7 +155,7 @@ def embedding_slots(prefix: str, embed: nnx.Embed) -> dict[str, Slot]:
 
 
 def fill(
-    checkpoint: SafetensorsCheckpoint,
+    checkpoint: SafetensorsCheckpoint | StateDict,
     model: nnx.Module,
     slots: Mapping[str, Slot],
     *,
@@ -151,7 +165,8 @@ def fill(
 ) -> None:
     """Reads every slot's tensor into its variable of `model`, after checking the checkpoint fits.
 
-    Tensors for which `ignore(name)` holds (buffers such as position ids, heads not used
+    `model` is the module (or part of one) the slots fill; every parameter of it must have a
+    slot. Tensors for which `ignore(name)` holds (buffers such as position ids, heads not used
     here) may be present or not. Raises CheckpointError naming every missing, unexpected and
     misshaped tensor before any weight is read.
     """
@@ -175,7 +190,7 @@ def fill(
         if shapes[name] != tuple(slots[name].shape):
             problems.append(f"tensor {name} has shape {shapes[name]}, expected {tuple(slots[name].shape)}")
     if problems:
-        raise CheckpointError(f"{checkpoint.directory} does not fit {what}: " + "; ".join(problems))
+        raise CheckpointError(f"{checkpoint.name} does not fit {what}: " + "; ".join(problems))
 
     parts: dict[int, tuple[Slot, dict[int, np.ndarray]]] = {}
     for name, array in checkpoint.read(slots):

@@ -26,7 +26,6 @@ Layout: activations are channels-last, [batch, height, width, channels].
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -36,7 +35,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from panda_jax.data import testmedia
-from panda_jax.models import CheckpointError
+from panda_jax.models import CheckpointError, checkpoint
+from panda_jax.models.checkpoint import Slot
 
 # The lpips package's ScalingLayer: ImageNet statistics expressed for [-1, 1] inputs.
 SHIFT = (-0.030, -0.088, -0.188)
@@ -141,37 +141,25 @@ def consecutive_distances(model: LPIPS, images: jax.Array) -> jax.Array:
 # --- Loading PyTorch weights --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Slot:
-    """Where one PyTorch tensor goes, and the shape PyTorch stores it in."""
-
-    variable: nnx.Variable
-    torch_shape: tuple[int, ...]
+def _conv(weight: np.ndarray) -> np.ndarray:
+    return weight.transpose(2, 3, 1, 0)  # (out, in, kh, kw) → (kh, kw, in, out)
 
 
-def _alexnet_slots(model: LPIPS) -> dict[str, _Slot]:
+def _alexnet_slots(model: LPIPS) -> dict[str, Slot]:
     slots = {}
     for index, conv in zip(FEATURE_INDICES, model.backbone.convs):
         kh, kw, c_in, c_out = conv.kernel.shape
-        slots[f"features.{index}.weight"] = _Slot(conv.kernel, (c_out, c_in, kh, kw))
-        slots[f"features.{index}.bias"] = _Slot(conv.bias, (c_out,))
+        slots[f"features.{index}.weight"] = Slot(conv.kernel, (c_out, c_in, kh, kw), _conv)
+        slots[f"features.{index}.bias"] = Slot(conv.bias, (c_out,))
     return slots
 
 
-def _head_slots(model: LPIPS) -> dict[str, _Slot]:
+def _head_slots(model: LPIPS) -> dict[str, Slot]:
     # In lpips, model.0 is a Dropout (absent at inference) and model.1 the 1×1 convolution.
     return {
-        f"lin{i}.model.1.weight": _Slot(head.kernel, (1, head.kernel.shape[0], 1, 1))
+        f"lin{i}.model.1.weight": Slot(head.kernel, (1, head.kernel.shape[0], 1, 1), lambda w: w.reshape(-1, 1))
         for i, head in enumerate(model.heads)
     }
-
-
-def _to_flax(torch_value: np.ndarray) -> np.ndarray:
-    """A conv kernel (out, in, kh, kw) → (kh, kw, in, out); a bias stays as it is.
-
-    A head's (1, c, 1, 1) kernel becomes (1, 1, c, 1), which reshapes to nnx.Linear's (c, 1).
-    """
-    return torch_value.transpose(2, 3, 1, 0) if torch_value.ndim == 4 else torch_value
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -192,38 +180,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {name: tensor.detach().cpu().float().numpy() for name, tensor in state.items()}
 
 
-def _fill(
-    slots: dict[str, _Slot],
-    tensors: dict[str, np.ndarray],
-    ignored_prefix: str | None,
-    what: str,
-    path: str | os.PathLike,
-) -> None:
-    """Checks `tensors` against `slots`, naming every problem at once, then copies them in."""
-    problems = []
-    missing = sorted(set(slots) - set(tensors))
-    unexpected = sorted(n for n in set(tensors) - set(slots) if not (ignored_prefix and n.startswith(ignored_prefix)))
-    if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
-    for name in sorted(set(slots) & set(tensors)):
-        if tuple(tensors[name].shape) != slots[name].torch_shape:
-            problems.append(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {slots[name].torch_shape}")
-    if problems:
-        raise CheckpointError(f"{path} does not fit {what}: " + "; ".join(problems))
-    for name, slot in slots.items():
-        value = _to_flax(np.asarray(tensors[name], np.float32))
-        slot.variable.set_value(jnp.asarray(value.reshape(slot.variable.shape)))
-
-
 def load_alexnet(model: LPIPS, path: str | os.PathLike) -> None:
     """Puts a torchvision AlexNet state dict into `model`'s backbone, in place.
 
     Only `features.*` is used; torchvision's `classifier.*` tensors are accepted and ignored,
     so a whole `alexnet-owt-*.pth` file loads as it is.
     """
-    _fill(_alexnet_slots(model), read_state_dict(path), "classifier.", "the AlexNet backbone", path)
+    checkpoint.fill(
+        checkpoint.StateDict(read_state_dict(path), path),
+        model.backbone,
+        _alexnet_slots(model),
+        ignore=lambda name: name.startswith("classifier."),
+        what="the AlexNet backbone",
+    )
 
 
 def load_heads(model: LPIPS, path: str | os.PathLike) -> None:
@@ -237,7 +206,7 @@ def load_heads(model: LPIPS, path: str | os.PathLike) -> None:
     negative = sorted(n for n in tensors if n in slots and np.min(tensors[n]) < 0)
     if negative:
         raise CheckpointError(f"{path}: LPIPS heads must be non-negative; these are not: {', '.join(negative)}")
-    _fill(slots, tensors, None, "the LPIPS heads", path)
+    checkpoint.fill(checkpoint.StateDict(tensors, path), model.heads, slots, what="the LPIPS heads")
 
 
 def load(alexnet_path: str | os.PathLike, heads_path: str | os.PathLike) -> LPIPS:

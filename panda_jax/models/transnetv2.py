@@ -22,8 +22,6 @@ Training-only parts (dropout, BatchNorm statistics updates) are left out.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -33,7 +31,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from panda_jax.data import testmedia
-from panda_jax.models import CheckpointError
+from panda_jax.models import checkpoint
+from panda_jax.models.checkpoint import Slot
 
 FRAME_HEIGHT, FRAME_WIDTH = 27, 48
 DILATIONS = (1, 2, 4, 8)  # temporal dilation of the four branches of every dilated block
@@ -243,23 +242,6 @@ class TransNetV2(nnx.Module):
 # --- Loading PyTorch weights --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Slot:
-    """Where one PyTorch tensor goes: `convert`ed, into `variable` or part `part` of it.
-
-    Fused convolutions take `len(DILATIONS)` tensors, concatenated along the output axis.
-    """
-
-    variable: nnx.Variable
-    torch_shape: tuple[int, ...]
-    convert: Callable[[np.ndarray], np.ndarray]
-    part: int | None = None
-
-
-def _linear(weight: np.ndarray) -> np.ndarray:
-    return weight.T  # torch (out, in) → (in, out)
-
-
 def _conv_1x3x3(weight: np.ndarray) -> np.ndarray:
     return weight[:, :, 0].transpose(2, 3, 1, 0)  # (out, in, 1, 3, 3) → (3, 3, in, out)
 
@@ -268,18 +250,12 @@ def _conv_3x1x1(weight: np.ndarray) -> np.ndarray:
     return weight[..., 0].transpose(2, 3, 1, 0)  # (out, in, 3, 1, 1) → (3, 1, in, out)
 
 
-def _same(array: np.ndarray) -> np.ndarray:
-    return array
+def _torch_slots(model: TransNetV2) -> dict[str, Slot]:
+    """The PyTorch state-dict name of every parameter of `model`, and where it goes.
 
-
-def _torch_slots(model: TransNetV2) -> dict[str, _Slot]:
-    """The PyTorch state-dict name of every parameter of `model`, and where it goes."""
-    slots: dict[str, _Slot] = {}
-
-    def linear(prefix: str, layer: nnx.Linear) -> None:
-        in_features, out_features = layer.kernel.shape
-        slots[f"{prefix}.weight"] = _Slot(layer.kernel, (out_features, in_features), _linear)
-        slots[f"{prefix}.bias"] = _Slot(layer.bias, (out_features,), _same)
+    The four branches' 1×3×3 kernels of a dilated block are parts of one fused kernel.
+    """
+    slots: dict[str, Slot] = {}
 
     for i, stack in enumerate(model.stacks):
         for j, block in enumerate((stack.first, stack.second)):
@@ -288,23 +264,24 @@ def _torch_slots(model: TransNetV2) -> dict[str, _Slot]:
             branch_out = spatial_out // len(DILATIONS)
             for part, (dilation, temporal) in enumerate(zip(DILATIONS, block.temporal)):
                 branch = f"{prefix}.Conv3D_{dilation}.layers"
-                slots[f"{branch}.0.weight"] = _Slot(
+                slots[f"{branch}.0.weight"] = Slot(
                     block.spatial_kernel, (branch_out, in_features, 1, 3, 3), _conv_1x3x3, part
                 )
                 _, _, t_in, t_out = temporal.kernel.shape
-                slots[f"{branch}.1.weight"] = _Slot(temporal.kernel, (t_out, t_in, 3, 1, 1), _conv_3x1x1)
+                slots[f"{branch}.1.weight"] = Slot(temporal.kernel, (t_out, t_in, 3, 1, 1), _conv_3x1x1)
             features = block.bn.scale.shape
             for torch_name, variable in [
                 ("weight", block.bn.scale), ("bias", block.bn.bias),
                 ("running_mean", block.bn.mean), ("running_var", block.bn.var),
             ]:  # fmt: skip
-                slots[f"{prefix}.bn.{torch_name}"] = _Slot(variable, features, _same)
-    linear("frame_sim_layer.projection", model.frame_similarity.projection)
-    linear("frame_sim_layer.fc", model.frame_similarity.fc)
-    linear("color_hist_layer.fc", model.color_histograms.fc)
-    linear("fc1", model.fc1)
-    linear("cls_layer1", model.cls_layer1)
-    linear("cls_layer2", model.cls_layer2)
+                slots[f"{prefix}.bn.{torch_name}"] = Slot(variable, features)
+    for name, layer in [
+        ("frame_sim_layer.projection", model.frame_similarity.projection),
+        ("frame_sim_layer.fc", model.frame_similarity.fc),
+        ("color_hist_layer.fc", model.color_histograms.fc),
+        ("fc1", model.fc1), ("cls_layer1", model.cls_layer1), ("cls_layer2", model.cls_layer2),
+    ]:  # fmt: skip
+        slots |= checkpoint.linear_slots(name, layer)
     return slots
 
 
@@ -318,32 +295,9 @@ def load(path: str | os.PathLike) -> TransNetV2:
 
     Raises CheckpointError naming every missing, unexpected or misshaped tensor.
     """
-    tensors = load_file(str(path))
-    model = nnx.eval_shape(lambda: TransNetV2(rngs=nnx.Rngs(0)))  # shapes only, no random init
-    slots = _torch_slots(model)
-
-    problems = []
-    missing = sorted(set(slots) - set(tensors))
-    unexpected = sorted(n for n in set(tensors) - set(slots) if not _is_training_counter(n))
-    if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
-    for name in sorted(set(slots) & set(tensors)):
-        if tensors[name].shape != slots[name].torch_shape:
-            problems.append(f"tensor {name} has shape {tensors[name].shape}, expected {slots[name].torch_shape}")
-    if problems:
-        raise CheckpointError(f"{path} does not fit TransNetV2: " + "; ".join(problems))
-
-    parts: dict[int, tuple[nnx.Variable, dict[int, np.ndarray]]] = {}
-    for name, slot in slots.items():
-        value = slot.convert(np.asarray(tensors[name], np.float32))
-        if slot.part is None:
-            slot.variable.set_value(jnp.asarray(value))
-        else:
-            parts.setdefault(id(slot.variable), (slot.variable, {}))[1][slot.part] = value
-    for variable, pieces in parts.values():
-        variable.set_value(jnp.asarray(np.concatenate([pieces[i] for i in sorted(pieces)], axis=-1)))
+    model = checkpoint.abstract(lambda: TransNetV2(rngs=nnx.Rngs(0)))
+    state_dict = checkpoint.StateDict(load_file(str(path)), path)
+    checkpoint.fill(state_dict, model, _torch_slots(model), ignore=_is_training_counter, what="TransNetV2")
     return model
 
 
