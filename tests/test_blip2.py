@@ -1,0 +1,176 @@
+"""BLIP-2 captioning (vision + Q-Former + OPT or Flan-T5) against transformers' Blip2ForConditionalGeneration."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hf_reference import broken_copy, randomized
+from panda_jax.models import CheckpointError, blip2
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+NUM_QUERIES, IMAGE_TOKEN, VOCAB = 4, 98, 99
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28, patch_size=7)
+QFORMER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
+               cross_attention_frequency=1)  # fmt: skip
+TEXT = {
+    "opt": dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=VOCAB, word_embed_proj_dim=32, max_position_embeddings=64, bos_token_id=2,
+                eos_token_id=3, pad_token_id=1),
+    "t5": dict(model_type="t5", d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, vocab_size=VOCAB,
+               feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
+               pad_token_id=0, eos_token_id=1),
+}  # fmt: skip
+
+
+@dataclass
+class Reference:
+    directory: Path
+    model: transformers.Blip2ForConditionalGeneration
+    pixel_values: np.ndarray
+    input_ids: np.ndarray  # placeholders, then a prompt padded on the left
+    attention_mask: np.ndarray
+
+
+def prompts() -> tuple[np.ndarray, np.ndarray]:
+    """Two prompts as the BLIP-2 processor lays them out: placeholders, then the left-padded text."""
+    text = np.array([[1, 1, 5, 17, 23], [2, 40, 41, 42, 43]], np.int32)
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], np.int32)
+    placeholders = np.full((2, NUM_QUERIES), IMAGE_TOKEN, np.int32)
+    return np.concatenate([placeholders, text], 1), np.concatenate([np.ones_like(placeholders), mask], 1)
+
+
+@pytest.fixture(scope="module", params=["opt", "t5"])
+def reference(request, tmp_path_factory) -> Reference:
+    torch.manual_seed(0)
+    config = transformers.Blip2Config(
+        vision_config=VISION, qformer_config=QFORMER, text_config=TEXT[request.param],
+        num_query_tokens=NUM_QUERIES, image_token_index=IMAGE_TOKEN,
+    )  # fmt: skip
+    model = randomized(transformers.Blip2ForConditionalGeneration(config), scale=0.3)
+    directory = tmp_path_factory.mktemp(f"blip2_{request.param}")
+    model.save_pretrained(directory)
+    pixel_values = np.random.default_rng(0).normal(size=(2, 3, 28, 28)).astype(np.float32)
+    return Reference(directory, model, pixel_values, *prompts())
+
+
+@pytest.fixture(scope="module")
+def ours(reference) -> blip2.Blip2:
+    return blip2.load(reference.directory)
+
+
+def torch_inputs(reference: Reference) -> dict:
+    return {
+        "pixel_values": torch.from_numpy(reference.pixel_values),
+        "input_ids": torch.from_numpy(reference.input_ids).long(),
+        "attention_mask": torch.from_numpy(reference.attention_mask).long(),
+    }
+
+
+@pytest.mark.parity
+def test_blip2_visual_tokens_match_transformers(reference, ours):
+    with torch.no_grad():
+        expected = reference.model.get_image_features(torch.from_numpy(reference.pixel_values)).pooler_output
+    np.testing.assert_allclose(ours.visual_tokens(jnp.asarray(reference.pixel_values)), expected.numpy(), atol=1e-4)
+
+
+@pytest.mark.parity
+def test_blip2_opt_and_t5_logits_match_transformers(reference, ours):
+    inputs = torch_inputs(reference)
+    decoder_input_ids = np.array([[0, 7, 8], [0, 9, 10]], np.int32)
+    if ours.is_encoder_decoder:
+        inputs["decoder_input_ids"] = torch.from_numpy(decoder_input_ids).long()
+    with torch.no_grad():
+        expected = reference.model(**inputs).logits.numpy()
+    logits = ours(
+        jnp.asarray(reference.pixel_values), jnp.asarray(reference.input_ids), jnp.asarray(reference.attention_mask),
+        decoder_input_ids=jnp.asarray(decoder_input_ids) if ours.is_encoder_decoder else None,
+    )  # fmt: skip
+    valid = reference.attention_mask.astype(bool) if not ours.is_encoder_decoder else np.ones(expected.shape[:2], bool)
+    np.testing.assert_allclose(np.asarray(logits)[valid], expected[valid], atol=1e-4)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam3"])
+def test_blip2_opt_and_t5_generate_the_ids_transformers_generates(reference, ours, num_beams):
+    with torch.no_grad():
+        expected = reference.model.generate(
+            **torch_inputs(reference), max_new_tokens=6, num_beams=num_beams, do_sample=False
+        ).numpy()
+    new = ours.generate(
+        reference.pixel_values, reference.input_ids, reference.attention_mask, max_new_tokens=6, num_beams=num_beams
+    )
+    np.testing.assert_array_equal(new, expected[:, expected.shape[1] - new.shape[1] :])
+    assert new.shape[1] >= 1
+
+
+@pytest.mark.parity
+def test_blip2_opt_and_t5_stop_at_eos_like_transformers(reference, ours):
+    """An EOS id the random model picks early (the second greedy token of the first prompt)."""
+    free = ours.generate(reference.pixel_values, reference.input_ids, reference.attention_mask, max_new_tokens=4)
+    eos = int(free[0, 1])
+    with torch.no_grad():
+        expected = reference.model.generate(
+            **torch_inputs(reference), max_new_tokens=8, num_beams=3, eos_token_id=eos, do_sample=False
+        ).numpy()
+    new = ours.generate(
+        reference.pixel_values, reference.input_ids, reference.attention_mask, max_new_tokens=8, num_beams=3,
+        eos_token_id=eos,
+    )  # fmt: skip
+    np.testing.assert_array_equal(new, expected[:, expected.shape[1] - new.shape[1] :])
+
+
+def test_blip2_bf16_compute_keeps_float32_params_and_stays_close(reference, ours):
+    bf16 = blip2.load(reference.directory, dtype=jnp.bfloat16)
+    assert bf16.language_projection.kernel[...].dtype == jnp.float32
+    pixels = jnp.asarray(reference.pixel_values)
+    full, half = ours.visual_tokens(pixels), bf16.visual_tokens(pixels)
+    assert np.abs(np.asarray(half, np.float32) - np.asarray(full)).max() < 0.05 * np.abs(np.asarray(full)).max()
+
+
+def test_blip2_without_placeholders_puts_the_visual_tokens_in_front(reference, ours, tmp_path):
+    """Checkpoints from before `image_token_index` read like prompts that start with the placeholders."""
+    config = json.loads((reference.directory / "config.json").read_text())
+    del config["image_token_index"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").symlink_to(reference.directory / "model.safetensors")
+    legacy = blip2.load(tmp_path)
+    text = reference.input_ids[:, NUM_QUERIES:]
+    decoder = {"decoder_input_ids": jnp.asarray([[0, 7], [0, 9]])} if ours.is_encoder_decoder else {}
+    pixels, mask = jnp.asarray(reference.pixel_values), jnp.asarray(reference.attention_mask)
+    np.testing.assert_allclose(
+        legacy(pixels, jnp.asarray(text), mask[:, NUM_QUERIES:], **decoder),
+        ours(pixels, jnp.asarray(reference.input_ids), mask, **decoder),
+        atol=1e-5,
+    )
+
+
+def test_blip2_refuses_a_prompt_without_one_placeholder_per_query(reference, ours):
+    with pytest.raises(ValueError, match="placeholder tokens"):
+        ours.generate(reference.pixel_values, reference.input_ids[:, 1:], max_new_tokens=2)
+
+
+def test_blip2_refuses_a_retrieval_checkpoint_before_reading_weights(reference, tmp_path):
+    config = json.loads((reference.directory / "config.json").read_text())
+    config["architectures"] = ["Blip2ForImageTextRetrieval"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="Blip2ForImageTextRetrieval"):
+        blip2.load(tmp_path)
+
+
+def test_blip2_names_missing_and_misshaped_tensors(reference, tmp_path):
+    def change(tensors):
+        tensors.pop("language_projection.bias")
+        tensors["qformer.layernorm.weight"] = np.zeros(5, np.float32)
+
+    broken = broken_copy(reference.directory, tmp_path, change)
+    with pytest.raises(CheckpointError, match=r"missing tensors: language_projection.bias.*qformer.layernorm.weight has shape \(5,\)"):
+        blip2.load(broken)

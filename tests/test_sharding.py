@@ -1,0 +1,146 @@
+"""Sharded models give the single-device outputs, on a ('data', 'model') mesh of 8 fake CPU devices.
+
+XLA's device count is fixed when jax starts, so each check runs this file as a script in a
+fresh process with `--xla_force_host_platform_device_count=8`; the script builds a small random
+transformers model, loads it into ours, runs it on one device, then with its parameters placed
+by `sharding.RULES` on a 4×2 mesh and the batch split over 'data', and compares.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from panda_jax.models import sharding
+
+MESH = {"data": 4, "model": 2}
+
+
+def test_partition_spec_follows_the_rules():
+    assert tuple(sharding.partition_spec(("embed", "mlp"))) == (None, "model")
+    assert tuple(sharding.partition_spec(("vocab", "embed"))) == ("model", None)
+    assert tuple(sharding.partition_spec(None)) == ()
+    with pytest.raises(ValueError, match="no rule"):
+        sharding.partition_spec(("nonsense",))
+    with pytest.raises(ValueError, match="two dimensions"):
+        sharding.partition_spec(("mlp", "heads"))
+
+
+def test_make_mesh_checks_the_device_count():
+    import jax
+
+    devices = jax.devices()[:1]
+    assert sharding.make_mesh(devices=devices).shape == {"data": 1, "model": 1}
+    with pytest.raises(ValueError, match="needs 2 devices"):
+        sharding.make_mesh(data=2, model=1, devices=devices)
+
+
+def _run_check(name: str) -> str:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, __file__, name], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.parity
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["clip", "blip2_opt"])
+def test_sharded_outputs_equal_single_device_outputs(name):
+    output = _run_check(name)
+    assert f"{name}: sharded == single device" in output, output
+
+
+# --- the checks, run in a process with 8 CPU devices ---------------------------------------
+
+
+def _compare(name: str, single, sharded, placed) -> None:
+    import jax
+
+    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+    model_parallel = [p for p in placed if "model" in tuple(p.spec)]
+    assert model_parallel, "no parameter was split over the 'model' axis"
+    print(f"{name}: sharded == single device ({len(model_parallel)} parameters split over 'model')")
+
+
+def _placements(model) -> list:
+    import jax
+    from flax import nnx
+
+    return [leaf.sharding for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def check_clip(directory: Path) -> None:
+    import torch
+    import transformers
+    from flax import nnx
+
+    from panda_jax.models import clip
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    config = transformers.CLIPConfig(
+        text_config=dict(tower, vocab_size=99, max_position_embeddings=16),
+        vision_config=dict(tower, image_size=28, patch_size=7),
+        projection_dim=16,
+    )
+    transformers.CLIPModel(config).save_pretrained(directory)
+    model = clip.load(directory)
+    rng = np.random.default_rng(0)
+    pixel_values = rng.normal(size=(8, 3, 28, 28)).astype(np.float32)
+    input_ids = rng.integers(0, 99, size=(8, 16)).astype(np.int32)
+
+    forward = nnx.jit(lambda m, p, i: m(p, i))
+    single = forward(model, pixel_values, input_ids)
+    mesh = sharding.make_mesh(**MESH)
+    sharding.shard_model(model, mesh)
+    sharded = forward(model, *sharding.shard_batch((pixel_values, input_ids), mesh))
+    _compare("clip", single, sharded, _placements(model))
+
+
+def check_blip2_opt(directory: Path) -> None:
+    import torch
+    import transformers
+    from flax import nnx
+
+    from panda_jax.models import blip2
+
+    torch.manual_seed(0)
+    config = transformers.Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=28, patch_size=7),
+        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            encoder_hidden_size=32, vocab_size=99),
+        text_config=dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                         vocab_size=99, word_embed_proj_dim=32, max_position_embeddings=64),
+        num_query_tokens=4,
+    )  # fmt: skip
+    transformers.Blip2ForConditionalGeneration(config).save_pretrained(directory)
+    model = blip2.load(directory)
+    rng = np.random.default_rng(0)
+    pixel_values = rng.normal(size=(8, 3, 28, 28)).astype(np.float32)
+    input_ids = rng.integers(3, 99, size=(8, 6)).astype(np.int32)
+    attention_mask = np.ones_like(input_ids)
+
+    forward = nnx.jit(lambda m, p, i, a: m(p, i, a))
+    single = forward(model, pixel_values, input_ids, attention_mask)
+    mesh = sharding.make_mesh(**MESH)
+    sharding.shard_model(model, mesh)
+    sharded = forward(model, *sharding.shard_batch((pixel_values, input_ids, attention_mask), mesh))
+    _compare("blip2_opt", single, sharded, _placements(model))
+
+
+if __name__ == "__main__":
+    import jax
+
+    assert len(jax.devices()) == 8, jax.devices()
+    with tempfile.TemporaryDirectory() as tmp:
+        {"clip": check_clip, "blip2_opt": check_blip2_opt}[sys.argv[1]](Path(tmp))
