@@ -30,7 +30,8 @@ import numpy as np
 from flax import nnx
 
 from panda_jax.models import CheckpointError, checkpoint, generation, opt, t5
-from panda_jax.models.blip2_vision import VisionConfig, VisionEncoder, linear, vision_slots
+from panda_jax.models.blip2_vision import VisionConfig, VisionEncoder, vision_slots
+from panda_jax.models.layers import linear
 from panda_jax.models.qformer import QFormer, QFormerConfig, QueryTokens, is_position_ids_buffer, qformer_slots, query_token_slots
 
 MODEL_TYPE = "blip-2"

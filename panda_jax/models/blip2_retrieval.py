@@ -29,8 +29,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from panda_jax.models import CheckpointError, checkpoint
-from panda_jax.models.blip2_vision import VisionConfig, VisionEncoder, linear, vision_slots
+from panda_jax.models.blip2_vision import VisionConfig, VisionEncoder, vision_slots
 from panda_jax.models.checkpoint import Slot
+from panda_jax.models.layers import linear
 from panda_jax.models.qformer import (
     QFormer,
     QFormerConfig,

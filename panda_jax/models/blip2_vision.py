@@ -14,7 +14,6 @@ width] (NCHW), already resized and normalised.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,58 +24,10 @@ from flax import nnx
 
 from panda_jax.models import checkpoint
 from panda_jax.models.checkpoint import Slot
+from panda_jax.models.layers import activation, attention, layer_norm, linear
 from panda_jax.models.sharding import logical
 
 MODEL_TYPES = ("blip_2_vision_model", "instructblip_vision_model", "instructblipvideo_vision_model")
-
-# Hugging Face `hidden_act` names → the functions they denote.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-}
-
-
-def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """The activation a Hugging Face config calls `name`."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unsupported activation {name!r}; known: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
-
-
-def linear(
-    in_features: int, out_features: int, axes: tuple[str | None, str | None], *, dtype: Any, rngs: nnx.Rngs
-) -> nnx.Linear:
-    """A Linear with float32 parameters computing in `dtype`, its axes named `axes` (in, out)."""
-    return nnx.Linear(
-        in_features, out_features, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=logical(nnx.initializers.lecun_normal(), *axes),
-        bias_init=logical(nnx.initializers.zeros_init(), axes[1]),
-        rngs=rngs,
-    )  # fmt: skip
-
-
-def layer_norm(features: int, epsilon: float, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """A LayerNorm that computes in float32 whatever the model's compute dtype."""
-    return nnx.LayerNorm(
-        features, epsilon=epsilon, dtype=jnp.float32, param_dtype=jnp.float32,
-        scale_init=logical(nnx.initializers.ones_init(), "norm"),
-        bias_init=logical(nnx.initializers.zeros_init(), "norm"),
-        rngs=rngs,
-    )  # fmt: skip
-
-
-def attention(query: jax.Array, key: jax.Array, value: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
-    """Softmax attention, [batch, length, heads, head_dim] in and out; softmax in float32.
-
-    `key_mask` [batch, key length] (bool) marks the keys that may be attended to.
-    """
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    return jax.nn.dot_product_attention(query, key, value, mask=mask)
-
 
 @dataclass(frozen=True)
 class VisionConfig:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -37,6 +37,7 @@ from flax import nnx
 
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
+from panda_jax.models.layers import ACTIVATIONS, layer_norm
 from panda_jax.models.sharding import logical
 
 MODEL_TYPES = ("clip",)
@@ -44,15 +45,6 @@ MODEL_TYPES = ("clip",)
 # The normalisation CLIPImageProcessor applies (OpenAI's training statistics), RGB.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# Hugging Face's `hidden_act` names (transformers.activations.ACT2FN) for the activations CLIP
-# checkpoints use.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-}
 
 # Hugging Face's defaults (CLIPTextConfig, CLIPVisionConfig, CLIPConfig), for keys a config.json
 # leaves out.
@@ -69,7 +61,6 @@ _PROJECTION_DIM_DEFAULT = 512
 
 _init = nnx.initializers.lecun_normal()
 _zeros = nnx.initializers.zeros_init()
-_ones = nnx.initializers.ones_init()
 
 
 def _tower_fields(
@@ -164,14 +155,6 @@ class CLIPConfig:
 # --- Encoder -------------------------------------------------------------------------------
 
 
-def _layer_norm(features: int, epsilon: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """A float32 layer norm with torch's two-pass variance."""
-    return nnx.LayerNorm(
-        features, epsilon=epsilon, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False,
-        scale_init=logical(_ones, "norm"), bias_init=logical(_zeros, "norm"), rngs=rngs,
-    )  # fmt: skip
-
-
 class CLIPAttention(nnx.Module):
     """Multi-head self-attention with a fused q/k/v projection [embed, 3, embed]."""
 
@@ -199,9 +182,9 @@ class CLIPEncoderLayer(nnx.Module):
 
     def __init__(self, config: CLIPEncoderConfig, *, dtype: Any, rngs: nnx.Rngs):
         width, hidden = config.hidden_size, config.intermediate_size
-        self.layer_norm1 = _layer_norm(width, config.layer_norm_eps, rngs)
+        self.layer_norm1 = layer_norm(width, config.layer_norm_eps, rngs=rngs)
         self.self_attn = CLIPAttention(width, config.num_attention_heads, dtype=dtype, rngs=rngs)
-        self.layer_norm2 = _layer_norm(width, config.layer_norm_eps, rngs)
+        self.layer_norm2 = layer_norm(width, config.layer_norm_eps, rngs=rngs)
         self.fc1 = nnx.Linear(
             width, hidden, dtype=dtype, param_dtype=jnp.float32,
             kernel_init=logical(_init, "embed", "mlp"), bias_init=logical(_zeros, "mlp"), rngs=rngs,
@@ -246,9 +229,9 @@ class CLIPVisionTower(nnx.Module):
             config.grid**2 + 1, width, param_dtype=jnp.float32,
             embedding_init=logical(_init, "positions", "embed"), rngs=rngs,
         )  # fmt: skip
-        self.pre_layrnorm = _layer_norm(width, config.layer_norm_eps, rngs)
+        self.pre_layrnorm = layer_norm(width, config.layer_norm_eps, rngs=rngs)
         self.encoder = CLIPEncoder(config, dtype=dtype, rngs=rngs)
-        self.post_layernorm = _layer_norm(width, config.layer_norm_eps, rngs)
+        self.post_layernorm = layer_norm(width, config.layer_norm_eps, rngs=rngs)
 
     def embed(self, pixel_values: jax.Array) -> jax.Array:
         """[batch, channels, size, size] → [batch, 1 + patches, embed] float32."""
@@ -292,7 +275,7 @@ class CLIPTextTower(nnx.Module):
             embedding_init=logical(_init, "positions", "embed"), rngs=rngs,
         )  # fmt: skip
         self.encoder = CLIPEncoder(config, dtype=dtype, rngs=rngs)
-        self.final_layer_norm = _layer_norm(width, config.layer_norm_eps, rngs)
+        self.final_layer_norm = layer_norm(width, config.layer_norm_eps, rngs=rngs)
 
     def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """The final-layer-normed hidden states [batch, length, embed] (HF `last_hidden_state`).

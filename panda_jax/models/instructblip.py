@@ -35,7 +35,8 @@ from flax import nnx
 
 from panda_jax.models import CheckpointError, checkpoint, generation
 from panda_jax.models.blip2 import check_placeholders, fill_placeholders
-from panda_jax.models.blip2_vision import VisionConfig, VisionEncoder, linear, vision_slots
+from panda_jax.models.blip2_vision import VisionConfig, VisionEncoder, vision_slots
+from panda_jax.models.layers import linear
 from panda_jax.models.llama import LlamaConfig, LlamaForCausalLM, llama_ignore, llama_slots
 from panda_jax.models.qformer import QFormer, QFormerConfig, QueryTokens, is_position_ids_buffer, qformer_slots, query_token_slots
 

@@ -33,9 +33,9 @@ import numpy as np
 from flax import nnx
 
 from panda_jax.models import CheckpointError, checkpoint
-from panda_jax.models.blip2_vision import ACTIVATIONS, activation
 from panda_jax.models.checkpoint import Slot
 from panda_jax.models.generation import KVCache, causal_mask, init_kv_cache, write_kv
+from panda_jax.models.layers import ACTIVATIONS, activation, linear, rms_norm
 from panda_jax.models.sharding import logical
 
 MODEL_TYPES = ("llama",)
@@ -143,32 +143,6 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
-def _linear(in_features: int, out_features: int, axes: tuple[str, str], *, bias: bool, dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
-    """A Linear with float32 parameters computing in `dtype`, its axes named `axes` (in, out); LLaMA's mostly have no bias."""
-    return nnx.Linear(
-        in_features,
-        out_features,
-        use_bias=bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=logical(nnx.initializers.lecun_normal(), *axes),
-        bias_init=logical(nnx.initializers.zeros_init(), axes[1]),
-        rngs=rngs,
-    )
-
-
-def _rms_norm(config: LlamaConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
-    """RMSNorm computed in float32 (the caller casts back to the compute dtype)."""
-    return nnx.RMSNorm(
-        config.hidden_size,
-        epsilon=config.rms_norm_eps,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        scale_init=logical(nnx.initializers.ones_init(), "norm"),
-        rngs=rngs,
-    )
-
-
 class LlamaAttention(nnx.Module):
     """Grouped-query self-attention with RoPE; optionally reads and writes a layer of the KV cache."""
 
@@ -178,10 +152,10 @@ class LlamaAttention(nnx.Module):
         if heads % kv_heads:
             raise CheckpointError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
         bias = config.attention_bias
-        self.q_proj = _linear(hidden, heads * head_dim, ("embed", "heads"), bias=bias, dtype=dtype, rngs=rngs)
-        self.k_proj = _linear(hidden, kv_heads * head_dim, ("embed", "kv_heads"), bias=bias, dtype=dtype, rngs=rngs)
-        self.v_proj = _linear(hidden, kv_heads * head_dim, ("embed", "kv_heads"), bias=bias, dtype=dtype, rngs=rngs)
-        self.o_proj = _linear(heads * head_dim, hidden, ("heads", "embed"), bias=bias, dtype=dtype, rngs=rngs)
+        self.q_proj = linear(hidden, heads * head_dim, ("embed", "heads"), bias=bias, dtype=dtype, rngs=rngs)
+        self.k_proj = linear(hidden, kv_heads * head_dim, ("embed", "kv_heads"), bias=bias, dtype=dtype, rngs=rngs)
+        self.v_proj = linear(hidden, kv_heads * head_dim, ("embed", "kv_heads"), bias=bias, dtype=dtype, rngs=rngs)
+        self.o_proj = linear(heads * head_dim, hidden, ("heads", "embed"), bias=bias, dtype=dtype, rngs=rngs)
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
 
     def __call__(
@@ -210,9 +184,9 @@ class LlamaMLP(nnx.Module):
 
     def __init__(self, config: LlamaConfig, *, dtype: Any, rngs: nnx.Rngs):
         hidden, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = _linear(hidden, inner, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
-        self.up_proj = _linear(hidden, inner, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
-        self.down_proj = _linear(inner, hidden, ("mlp", "embed"), bias=bias, dtype=dtype, rngs=rngs)
+        self.gate_proj = linear(hidden, inner, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
+        self.up_proj = linear(hidden, inner, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
+        self.down_proj = linear(inner, hidden, ("mlp", "embed"), bias=bias, dtype=dtype, rngs=rngs)
         self.act = activation(config.hidden_act)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -221,9 +195,9 @@ class LlamaMLP(nnx.Module):
 
 class LlamaDecoderLayer(nnx.Module):
     def __init__(self, config: LlamaConfig, *, dtype: Any, rngs: nnx.Rngs):
-        self.input_layernorm = _rms_norm(config, rngs)
+        self.input_layernorm = rms_norm(config.hidden_size, config.rms_norm_eps, rngs=rngs)
         self.self_attn = LlamaAttention(config, dtype=dtype, rngs=rngs)
-        self.post_attention_layernorm = _rms_norm(config, rngs)
+        self.post_attention_layernorm = rms_norm(config.hidden_size, config.rms_norm_eps, rngs=rngs)
         self.mlp = LlamaMLP(config, dtype=dtype, rngs=rngs)
 
     def __call__(
@@ -255,11 +229,11 @@ class LlamaForCausalLM(nnx.Module):
             rngs=rngs,
         )
         self.layers = nnx.List(LlamaDecoderLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers))
-        self.norm = _rms_norm(config, rngs)
+        self.norm = rms_norm(config.hidden_size, config.rms_norm_eps, rngs=rngs)
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else _linear(config.hidden_size, config.vocab_size, ("embed", "vocab"), bias=False, dtype=dtype, rngs=rngs)
+            else linear(config.hidden_size, config.vocab_size, ("embed", "vocab"), bias=False, dtype=dtype, rngs=rngs)
         )
 
     def embed(self, input_ids: jax.Array) -> jax.Array:

@@ -16,7 +16,6 @@ protocol of `generation.py`: `embed`, `init_cache`, and
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,17 +26,11 @@ from flax import nnx
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
 from panda_jax.models.generation import KVCache, causal_mask, init_kv_cache, write_kv
+from panda_jax.models.layers import ACTIVATIONS, layer_norm, linear
 from panda_jax.models.sharding import logical
 
 MODEL_TYPES = ("opt",)
 POSITION_OFFSET = 2  # OPT's position embedding table starts 2 rows in (fairseq's padding rows)
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-}
-
-
 @dataclass(frozen=True)
 class OPTConfig:
     vocab_size: int
@@ -100,44 +93,15 @@ class OPTConfig:
         return self.hidden_size // self.num_attention_heads
 
 
-def _linear(
-    in_features: int, out_features: int, axes: tuple[str, str], bias: bool, dtype: Any, rngs: nnx.Rngs
-) -> nnx.Linear:
-    return nnx.Linear(
-        in_features,
-        out_features,
-        use_bias=bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=logical(nnx.initializers.lecun_normal(), *axes),
-        bias_init=logical(nnx.initializers.zeros_init(), axes[1]),
-        rngs=rngs,
-    )
-
-
-def _layer_norm(features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """torch's LayerNorm (eps 1e-5, exact variance), computed in float32."""
-    return nnx.LayerNorm(
-        features,
-        epsilon=1e-5,
-        use_fast_variance=False,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        scale_init=logical(nnx.initializers.ones_init(), "norm"),
-        bias_init=logical(nnx.initializers.zeros_init(), "norm"),
-        rngs=rngs,
-    )
-
-
 class OPTAttention(nnx.Module):
     """Multi-head self-attention; optionally reads and writes a layer of the KV cache."""
 
     def __init__(self, config: OPTConfig, *, dtype: Any, rngs: nnx.Rngs):
         hidden, bias = config.hidden_size, config.enable_bias
-        self.q_proj = _linear(hidden, hidden, ("embed", "heads"), bias, dtype, rngs)
-        self.k_proj = _linear(hidden, hidden, ("embed", "heads"), bias, dtype, rngs)
-        self.v_proj = _linear(hidden, hidden, ("embed", "heads"), bias, dtype, rngs)
-        self.out_proj = _linear(hidden, hidden, ("heads", "embed"), bias, dtype, rngs)
+        self.q_proj = linear(hidden, hidden, ("embed", "heads"), bias=bias, dtype=dtype, rngs=rngs)
+        self.k_proj = linear(hidden, hidden, ("embed", "heads"), bias=bias, dtype=dtype, rngs=rngs)
+        self.v_proj = linear(hidden, hidden, ("embed", "heads"), bias=bias, dtype=dtype, rngs=rngs)
+        self.out_proj = linear(hidden, hidden, ("heads", "embed"), bias=bias, dtype=dtype, rngs=rngs)
         self.heads, self.head_dim = config.num_attention_heads, config.head_dim
 
     def __call__(
@@ -158,11 +122,11 @@ class OPTAttention(nnx.Module):
 class OPTDecoderLayer(nnx.Module):
     def __init__(self, config: OPTConfig, *, dtype: Any, rngs: nnx.Rngs):
         hidden, bias = config.hidden_size, config.enable_bias
-        self.self_attn_layer_norm = _layer_norm(hidden, rngs)
+        self.self_attn_layer_norm = layer_norm(hidden, 1e-5, rngs=rngs)
         self.self_attn = OPTAttention(config, dtype=dtype, rngs=rngs)
-        self.final_layer_norm = _layer_norm(hidden, rngs)
-        self.fc1 = _linear(hidden, config.ffn_dim, ("embed", "mlp"), bias, dtype, rngs)
-        self.fc2 = _linear(config.ffn_dim, hidden, ("mlp", "embed"), bias, dtype, rngs)
+        self.final_layer_norm = layer_norm(hidden, 1e-5, rngs=rngs)
+        self.fc1 = linear(hidden, config.ffn_dim, ("embed", "mlp"), bias=bias, dtype=dtype, rngs=rngs)
+        self.fc2 = linear(config.ffn_dim, hidden, ("mlp", "embed"), bias=bias, dtype=dtype, rngs=rngs)
         self.activation = ACTIVATIONS[config.activation_function]
         self.norm_before = config.do_layer_norm_before
 
@@ -208,15 +172,15 @@ class OPTForCausalLM(nnx.Module):
             rngs=rngs,
         )
         projected = word_dim != hidden
-        self.project_in = _linear(word_dim, hidden, ("embed", "embed"), False, dtype, rngs) if projected else None
-        self.project_out = _linear(hidden, word_dim, ("embed", "embed"), False, dtype, rngs) if projected else None
+        self.project_in = linear(word_dim, hidden, ("embed", "embed"), bias=False, dtype=dtype, rngs=rngs) if projected else None
+        self.project_out = linear(hidden, word_dim, ("embed", "embed"), bias=False, dtype=dtype, rngs=rngs) if projected else None
         self.layers = nnx.List(OPTDecoderLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers))
-        self.final_layer_norm = _layer_norm(hidden, rngs) if config.final_layer_norm else None
+        self.final_layer_norm = layer_norm(hidden, 1e-5, rngs=rngs) if config.final_layer_norm else None
         # The vocabulary projection, computed in float32; None: the token embeddings.
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else _linear(word_dim, config.vocab_size, ("embed", "vocab"), False, jnp.float32, rngs)
+            else linear(word_dim, config.vocab_size, ("embed", "vocab"), bias=False, dtype=jnp.float32, rngs=rngs)
         )
 
     def embed(self, input_ids: jax.Array) -> jax.Array:

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from panda_jax.models import CheckpointError, checkpoint
-from panda_jax.models.blip2_vision import activation, attention, layer_norm, linear
 from panda_jax.models.checkpoint import Slot
+from panda_jax.models.layers import activation, attention, layer_norm, linear
 from panda_jax.models.sharding import logical
 
 LAYOUTS = {  # Hugging Face model_type → tensor naming

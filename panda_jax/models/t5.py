@@ -35,17 +35,10 @@ from flax import nnx, struct
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
 from panda_jax.models.generation import causal_mask, write_kv
+from panda_jax.models.layers import ACTIVATIONS, linear, rms_norm
 from panda_jax.models.sharding import logical
 
 MODEL_TYPES = ("t5",)
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "silu": jax.nn.silu,
-}
-
-
 @dataclass(frozen=True)
 class T5Config:
     vocab_size: int
@@ -150,30 +143,6 @@ class T5Cache:
     cross_values: tuple[jax.Array, ...]
 
 
-def _linear(in_features: int, out_features: int, axes: tuple[str, str], dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(
-        in_features,
-        out_features,
-        use_bias=False,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=logical(nnx.initializers.lecun_normal(), *axes),
-        rngs=rngs,
-    )
-
-
-def _layer_norm(config: T5Config, rngs: nnx.Rngs) -> nnx.RMSNorm:
-    """T5's LayerNorm (RMS norm with a scale), computed in float32."""
-    return nnx.RMSNorm(
-        config.d_model,
-        epsilon=config.layer_norm_epsilon,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        scale_init=logical(nnx.initializers.ones_init(), "norm"),
-        rngs=rngs,
-    )
-
-
 def _norm(layer_norm: nnx.RMSNorm, x: jax.Array) -> jax.Array:
     return layer_norm(x).astype(x.dtype)
 
@@ -186,10 +155,10 @@ class T5Attention(nnx.Module):
 
     def __init__(self, config: T5Config, relative_bias: bool, *, dtype: Any, rngs: nnx.Rngs):
         inner = config.num_heads * config.d_kv
-        self.q = _linear(config.d_model, inner, ("embed", "heads"), dtype, rngs)
-        self.k = _linear(config.d_model, inner, ("embed", "heads"), dtype, rngs)
-        self.v = _linear(config.d_model, inner, ("embed", "heads"), dtype, rngs)
-        self.o = _linear(inner, config.d_model, ("heads", "embed"), dtype, rngs)
+        self.q = linear(config.d_model, inner, ("embed", "heads"), bias=False, dtype=dtype, rngs=rngs)
+        self.k = linear(config.d_model, inner, ("embed", "heads"), bias=False, dtype=dtype, rngs=rngs)
+        self.v = linear(config.d_model, inner, ("embed", "heads"), bias=False, dtype=dtype, rngs=rngs)
+        self.o = linear(inner, config.d_model, ("heads", "embed"), bias=False, dtype=dtype, rngs=rngs)
         self.relative_attention_bias = (
             nnx.Embed(
                 config.relative_attention_num_buckets,
@@ -228,13 +197,13 @@ class T5FeedForward(nnx.Module):
     def __init__(self, config: T5Config, *, dtype: Any, rngs: nnx.Rngs):
         d_model, d_ff = config.d_model, config.d_ff
         if config.is_gated_act:
-            self.wi_0 = _linear(d_model, d_ff, ("embed", "mlp"), dtype, rngs)
-            self.wi_1 = _linear(d_model, d_ff, ("embed", "mlp"), dtype, rngs)
+            self.wi_0 = linear(d_model, d_ff, ("embed", "mlp"), bias=False, dtype=dtype, rngs=rngs)
+            self.wi_1 = linear(d_model, d_ff, ("embed", "mlp"), bias=False, dtype=dtype, rngs=rngs)
             self.wi = None
         else:
-            self.wi = _linear(d_model, d_ff, ("embed", "mlp"), dtype, rngs)
+            self.wi = linear(d_model, d_ff, ("embed", "mlp"), bias=False, dtype=dtype, rngs=rngs)
             self.wi_0 = self.wi_1 = None
-        self.wo = _linear(d_ff, d_model, ("mlp", "embed"), dtype, rngs)
+        self.wo = linear(d_ff, d_model, ("mlp", "embed"), bias=False, dtype=dtype, rngs=rngs)
         self.activation = ACTIVATIONS[config.dense_act_fn]
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -247,11 +216,11 @@ class T5Block(nnx.Module):
     """Self-attention, attention over the encoder output (decoder only) and MLP, each pre-norm with a residual."""
 
     def __init__(self, config: T5Config, is_decoder: bool, relative_bias: bool, *, dtype: Any, rngs: nnx.Rngs):
-        self.self_attention_norm = _layer_norm(config, rngs)
+        self.self_attention_norm = rms_norm(config.d_model, config.layer_norm_epsilon, rngs=rngs)
         self.self_attention = T5Attention(config, relative_bias, dtype=dtype, rngs=rngs)
-        self.cross_attention_norm = _layer_norm(config, rngs) if is_decoder else None
+        self.cross_attention_norm = rms_norm(config.d_model, config.layer_norm_epsilon, rngs=rngs) if is_decoder else None
         self.cross_attention = T5Attention(config, False, dtype=dtype, rngs=rngs) if is_decoder else None
-        self.feed_forward_norm = _layer_norm(config, rngs)
+        self.feed_forward_norm = rms_norm(config.d_model, config.layer_norm_epsilon, rngs=rngs)
         self.feed_forward = T5FeedForward(config, dtype=dtype, rngs=rngs)
 
 
@@ -263,7 +232,7 @@ class T5Stack(nnx.Module):
         self.blocks = nnx.List(
             T5Block(config, is_decoder, relative_bias=i == 0, dtype=dtype, rngs=rngs) for i in range(layers)
         )
-        self.final_layer_norm = _layer_norm(config, rngs)
+        self.final_layer_norm = rms_norm(config.d_model, config.layer_norm_epsilon, rngs=rngs)
         self.is_decoder = is_decoder
         self.config = config
 
@@ -299,7 +268,7 @@ class T5ForConditionalGeneration(nnx.Module):
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else _linear(config.d_model, config.vocab_size, ("embed", "vocab"), jnp.float32, rngs)
+            else linear(config.d_model, config.vocab_size, ("embed", "vocab"), bias=False, dtype=jnp.float32, rngs=rngs)
         )
 
     def embed(self, input_ids: jax.Array) -> jax.Array:

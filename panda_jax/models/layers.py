@@ -1,0 +1,80 @@
+"""Building blocks every model file shares: activations, linear layers, norms, attention.
+
+They fix the conventions of the zoo in one place: parameters are float32 and carry logical
+axis names (see `sharding`), matrix products compute in the model's `dtype` (bf16 or
+float32), norms and softmax always in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from panda_jax.models.sharding import logical
+
+# Hugging Face `hidden_act` names (transformers' ACT2FN) → the functions they denote.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation a Hugging Face config calls `name`."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def linear(
+    in_features: int,
+    out_features: int,
+    axes: tuple[str | None, str | None],
+    *,
+    dtype: Any,
+    rngs: nnx.Rngs,
+    bias: bool = True,
+) -> nnx.Linear:
+    """A Linear with float32 parameters computing in `dtype`, its axes named `axes` (in, out)."""
+    return nnx.Linear(
+        in_features, out_features, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=logical(nnx.initializers.lecun_normal(), *axes),
+        bias_init=logical(nnx.initializers.zeros_init(), axes[1]),
+        rngs=rngs,
+    )  # fmt: skip
+
+
+def layer_norm(features: int, epsilon: float, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """torch's LayerNorm (exact variance), computed in float32 whatever the compute dtype."""
+    return nnx.LayerNorm(
+        features, epsilon=epsilon, use_fast_variance=False, dtype=jnp.float32, param_dtype=jnp.float32,
+        scale_init=logical(nnx.initializers.ones_init(), "norm"),
+        bias_init=logical(nnx.initializers.zeros_init(), "norm"),
+        rngs=rngs,
+    )  # fmt: skip
+
+
+def rms_norm(features: int, epsilon: float, *, rngs: nnx.Rngs) -> nnx.RMSNorm:
+    """RMS norm with a scale (T5's LayerNorm, LLaMA's RMSNorm), computed in float32."""
+    return nnx.RMSNorm(
+        features, epsilon=epsilon, dtype=jnp.float32, param_dtype=jnp.float32,
+        scale_init=logical(nnx.initializers.ones_init(), "norm"),
+        rngs=rngs,
+    )  # fmt: skip
+
+
+def attention(query: jax.Array, key: jax.Array, value: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+    """Softmax attention, [batch, length, heads, head_dim] in and out; softmax in float32.
+
+    `key_mask` [batch, key length] (bool) marks the keys that may be attended to.
+    """
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return jax.nn.dot_product_attention(query, key, value, mask=mask)
