@@ -24,7 +24,7 @@ from flax import nnx
 
 from panda_jax.models import checkpoint
 from panda_jax.models.checkpoint import Slot
-from panda_jax.models.layers import activation, attention, layer_norm, linear
+from panda_jax.models.layers import activation, fused_self_attention, layer_norm, linear
 from panda_jax.models.sharding import logical
 
 MODEL_TYPES = ("blip_2_vision_model", "instructblip_vision_model", "instructblipvideo_vision_model")
@@ -107,12 +107,9 @@ class VisionAttention(nnx.Module):
         self.projection = linear(d, d, ("heads", "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        batch, length, d = x.shape
-        qkv = jnp.einsum("bld,dte->tble", x.astype(self.dtype), self.qkv_kernel[...].astype(self.dtype))
-        if self.qkv_bias is not None:
-            qkv = qkv + self.qkv_bias[...].astype(self.dtype)[:, None, None, :]
-        query, key, value = qkv.reshape(3, batch, length, self.num_heads, d // self.num_heads)
-        return self.projection(attention(query, key, value).reshape(batch, length, d))
+        bias = None if self.qkv_bias is None else self.qkv_bias[...]
+        heads = fused_self_attention(x, self.qkv_kernel[...], bias, self.num_heads, dtype=self.dtype)
+        return self.projection(heads)
 
 
 class VisionMLP(nnx.Module):

@@ -37,7 +37,7 @@ from flax import nnx
 
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
-from panda_jax.models.layers import ACTIVATIONS, layer_norm
+from panda_jax.models.layers import ACTIVATIONS, fused_self_attention, layer_norm
 from panda_jax.models.sharding import logical
 
 MODEL_TYPES = ("clip",)
@@ -159,7 +159,7 @@ class CLIPAttention(nnx.Module):
     """Multi-head self-attention with a fused q/k/v projection [embed, 3, embed]."""
 
     def __init__(self, hidden_size: int, num_heads: int, *, dtype: Any, rngs: nnx.Rngs):
-        self.num_heads = num_heads
+        self.num_heads, self.dtype = num_heads, dtype
         self.qkv = nnx.LinearGeneral(
             hidden_size, (3, hidden_size), dtype=dtype, param_dtype=jnp.float32,
             kernel_init=logical(_init, "embed", None, "heads"), bias_init=logical(_zeros, None, "heads"), rngs=rngs,
@@ -169,12 +169,12 @@ class CLIPAttention(nnx.Module):
             kernel_init=logical(_init, "heads", "embed"), bias_init=logical(_zeros, "embed"), rngs=rngs,
         )  # fmt: skip
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None, is_causal: bool) -> jax.Array:
-        batch, length, width = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, width // self.num_heads)
-        # Softmax in float32 whatever the compute dtype (jax.nn.dot_product_attention's rule).
-        y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask=mask, is_causal=is_causal)
-        return self.out_proj(y.reshape(batch, length, width))
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None, is_causal: bool) -> jax.Array:
+        heads = fused_self_attention(
+            x, self.qkv.kernel[...], self.qkv.bias[...], self.num_heads, dtype=self.dtype,
+            key_mask=key_mask, is_causal=is_causal,
+        )  # fmt: skip
+        return self.out_proj(heads)
 
 
 class CLIPEncoderLayer(nnx.Module):
@@ -286,7 +286,7 @@ class CLIPTextTower(nnx.Module):
         if length > self.config.max_position_embeddings:
             raise ValueError(f"{length} tokens, but the model has {self.config.max_position_embeddings} positions")
         x = self.token_embedding(input_ids) + self.position_embedding.embedding[:length]
-        mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
+        mask = None if attention_mask is None else attention_mask.astype(bool)
         return self.final_layer_norm(self.encoder(x, mask, is_causal=True))
 
     def pooling_positions(self, input_ids: jax.Array) -> jax.Array:
