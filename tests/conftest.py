@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,3 +67,21 @@ def counter_video(tmp_path_factory) -> Callable[..., Path]:
         return made[key]
 
     return make
+
+
+@pytest.fixture
+def broken(tmp_path, checkpoint_dir):
+    """A copy of the module's `checkpoint_dir` checkpoint and its tensors; `write(tensors)` replaces the weights file."""
+    from safetensors.numpy import load_file, save_file
+
+    from panda_jax.models import checkpoint
+
+    directory = tmp_path / "broken"
+    shutil.copytree(checkpoint_dir[0], directory)
+    tensors = load_file(directory / checkpoint.WEIGHTS_NAME)
+
+    def write(new_tensors: dict) -> Path:
+        save_file(new_tensors, directory / checkpoint.WEIGHTS_NAME)
+        return directory
+
+    return tensors, write

@@ -19,6 +19,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from hf_reference import randomized
 from panda_jax.models import CheckpointError, blip2_retrieval, checkpoint
 from panda_jax.models.sharding import RULES
 
@@ -51,15 +52,6 @@ def bert_tokenizer():
     trainer = tokenizers.trainers.WordPieceTrainer(vocab_size=120, special_tokens=special)
     wordpiece.train_from_iterator(CAPTIONS, trainer)
     return transformers.BertTokenizerFast(vocab=wordpiece.get_vocab())
-
-
-def randomized(model, seed: int = 0):
-    """`model` with every parameter random: HF starts biases, norms and queries at constants, hiding mix-ups."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    return model.eval()
 
 
 def blip2_config(**overrides):

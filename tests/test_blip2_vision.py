@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from safetensors.numpy import load_file, save_file
 
+from hf_reference import broken_copy, randomized
 from panda_jax.models import CheckpointError, blip2_vision
 from panda_jax.models.sharding import RULES
 
@@ -27,15 +26,6 @@ REFERENCES = {  # name → (config class, model class, config overrides)
 }
 
 forward = nnx.jit(lambda model, pixels: model(pixels))
-
-
-def randomized(model, seed: int = 0):
-    """`model` with every parameter random: HF starts biases, norms and class token at constants, hiding mix-ups."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    return model.eval()
 
 
 def save_reference(name: str, directory, **save_options):
@@ -102,15 +92,6 @@ def test_blip2_vision_parameters_name_their_axes(blip2_dir):
 def test_blip2_vision_refuses_other_image_sizes(blip2_dir):
     with pytest.raises(ValueError, match=r"expected pixel values \[batch, 3, 30, 30\]"):
         blip2_vision.load(blip2_dir[1])(np.zeros((1, 3, 20, 20), np.float32))
-
-
-def broken_copy(directory, destination, change):
-    """A copy of the checkpoint in `directory` with its tensors edited by `change`."""
-    shutil.copy(directory / "config.json", destination / "config.json")
-    tensors = load_file(str(directory / "model.safetensors"))
-    change(tensors)
-    save_file(tensors, str(destination / "model.safetensors"), metadata={"format": "pt"})
-    return destination
 
 
 @pytest.mark.parametrize(

@@ -5,14 +5,13 @@ Three uses: queries only (BLIP-2), queries with an instruction (InstructBLIP) an
 
 from __future__ import annotations
 
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from safetensors.numpy import load_file, save_file
 
+from hf_reference import broken_copy, randomized
 from panda_jax.models import CheckpointError, qformer
 
 torch = pytest.importorskip("torch")
@@ -29,15 +28,6 @@ REFERENCES = {  # name → (config class, model class)
     "instructblip_video": ("InstructBlipVideoQFormerConfig", "InstructBlipVideoQFormerModel"),
 }
 QUERIES, TEXT = 5, 6
-
-
-def randomized(model, seed: int = 0):
-    """`model` with every parameter random: HF starts biases and norms at constants, hiding mix-ups."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -145,15 +135,6 @@ def test_qformer_refuses_inputs_it_cannot_use(references, inputs):
         blip2(inputs["queries"], None)
     with pytest.raises(ValueError, match="needs query_embeds, input_ids or both"):
         blip2(None, inputs["image"])
-
-
-def broken_copy(directory, destination, change):
-    """A copy of the checkpoint in `directory` with its tensors edited by `change`."""
-    shutil.copy(directory / "config.json", destination / "config.json")
-    tensors = load_file(str(directory / "model.safetensors"))
-    change(tensors)
-    save_file(tensors, str(destination / "model.safetensors"), metadata={"format": "pt"})
-    return destination
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 XLA's device count is fixed when jax starts, so each check runs this file as a script in a
 fresh process with `--xla_force_host_platform_device_count=8`; the script builds a small random
 transformers model, loads it into ours, runs it on one device, then with its parameters placed
-by `sharding.RULES` on a 4×2 mesh and the batch split over 'data', and compares.
+by `sharding.RULES` on a 4×2 mesh and the batch split over 'data', and compares the outputs
+(for BLIP-2-OPT the logits and the beam-search captions).
 """
 
 from __future__ import annotations
@@ -121,20 +122,25 @@ def check_blip2_opt(directory: Path) -> None:
                             encoder_hidden_size=32, vocab_size=99),
         text_config=dict(model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
                          vocab_size=99, word_embed_proj_dim=32, max_position_embeddings=64),
-        num_query_tokens=4,
+        num_query_tokens=4, image_token_index=98,
     )  # fmt: skip
     transformers.Blip2ForConditionalGeneration(config).save_pretrained(directory)
     model = blip2.load(directory)
     rng = np.random.default_rng(0)
     pixel_values = rng.normal(size=(8, 3, 28, 28)).astype(np.float32)
-    input_ids = rng.integers(3, 99, size=(8, 6)).astype(np.int32)
-    attention_mask = np.ones_like(input_ids)
+    input_ids = rng.integers(3, 98, size=(8, 6)).astype(np.int32)
 
-    forward = nnx.jit(lambda m, p, i, a: m(p, i, a))
-    single = forward(model, pixel_values, input_ids, attention_mask)
+    prompt = np.concatenate([np.full((8, 4), 98, np.int32), input_ids], axis=1)  # 4 image placeholders first
+    mask = np.ones_like(prompt)
+
+    def outputs(*batch):
+        logits = nnx.jit(lambda m, p, i, a: m(p, i, a))(model, *batch)
+        return logits, model.generate(*batch, max_new_tokens=5, num_beams=2)
+
+    single = outputs(pixel_values, prompt, mask)
     mesh = sharding.make_mesh(**MESH)
     sharding.shard_model(model, mesh)
-    sharded = forward(model, *sharding.shard_batch((pixel_values, input_ids, attention_mask), mesh))
+    sharded = outputs(*sharding.shard_batch((pixel_values, prompt, mask), mesh))
     _compare("blip2_opt", single, sharded, _placements(model))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import jax
@@ -284,20 +283,6 @@ def test_t5_tokenizer_loads_from_checkpoint_directory(checkpoint_dir, tokenizer)
 
 
 # --- loading errors -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def broken(tmp_path, checkpoint_dir):
-    """A copy of the checkpoint and its tensors; `write(tensors)` replaces the weights file."""
-    directory = tmp_path / "broken"
-    shutil.copytree(checkpoint_dir[0], directory)
-    tensors = load_file(directory / checkpoint.WEIGHTS_NAME)
-
-    def write(new_tensors: dict[str, np.ndarray]) -> Path:
-        save_file(new_tensors, directory / checkpoint.WEIGHTS_NAME)
-        return directory
-
-    return tensors, write
 
 
 def test_t5_missing_tensor_is_named(broken):

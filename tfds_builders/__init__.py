@@ -1,1 +1,6 @@
-"""TFDS dataset builders; `panda70m` lands here (`tfds build panda70m --imports tfds_builders`)."""
+"""TFDS dataset builders; importing this package registers `panda70m`.
+
+`tfds build panda70m --imports tfds_builders` imports it, so the CLI finds the builder by name.
+"""
+
+from tfds_builders import panda70m  # noqa: F401  (registers the builder)

@@ -1,0 +1,261 @@
+"""Grain input pipeline over any random-access source of `panda70m` examples.
+
+The source is `tfds.data_source("panda70m", split=...)` in production, or anything with
+`__len__` and `__getitem__` returning the example dicts of the `panda70m` builder (frames
+uint8 [T, H, W, 3], caption, clip_id, ...). Per clip the pipeline samples frames, resizes
+(eval) or random-resized-crops and flips (train) them with numpy/cv2 in the workers,
+normalises them, tokenizes the caption, and batches per host:
+
+    ds = make_dataset(tfds.data_source("panda70m", split="train"), train=True, batch_size=48,
+                      tokenizer=tokenizer, worker_count=8)
+    it = iter(ds)
+    batch = next(it)   # frames float32 [48 / hosts, 8, 224, 224, 3], input_ids, attention_mask, ...
+    state = it.get_state()   # later: it = iter(ds); it.set_state(state) resumes exactly
+
+Every random choice comes from grain's per-element generator, seeded by the pipeline seed
+and the element's index in the repeated dataset, so a run is reproducible, each epoch draws
+anew, and the iterator state is just a position. With Orbax, save the iterator next to the
+model with `grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import cv2
+import grain
+import jax
+import numpy as np
+from absl import flags
+from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+# CLIP's image statistics; BLIP / BLIP-2 / EVA use the same values.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ExampleSource(Protocol):
+    """What the pipeline reads: a sized, indexable collection of `panda70m` example dicts."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+def uniform_indices(num_stored: int, num_frames: int) -> np.ndarray:
+    """Middle frame of each of `num_frames` equal segments: the eval / captioning sampling."""
+    if num_stored < 1 or num_frames < 1:
+        raise ValueError(f"need at least one stored and one sampled frame, got {num_stored} and {num_frames}")
+    return np.floor((np.arange(num_frames) + 0.5) * num_stored / num_frames).astype(np.int64)
+
+
+def train_indices(num_stored: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """`num_frames // 2` random frames from each half of the clip, in time order.
+
+    This is the Panda-70M student's training sampling (4 random frames per half for 8 frames):
+    every sample sees both the start and the end of the clip but not always the same frames.
+    """
+    if num_frames < 2 or num_frames % 2:
+        raise ValueError(f"training samples the same number of frames per half: num_frames must be even, got {num_frames}")
+    if num_stored < 2:
+        raise ValueError(f"a clip needs at least 2 stored frames to have two halves, got {num_stored}")
+    per_half = num_frames // 2
+    middle = num_stored // 2
+    picked = []
+    for low, high in ((0, middle), (middle, num_stored)):
+        size = high - low
+        chosen = rng.choice(size, per_half, replace=size < per_half)
+        picked.append(low + np.sort(chosen))
+    return np.concatenate(picked).astype(np.int64)
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) of a random crop covering `scale` of the area.
+
+    Same rule as torchvision's RandomResizedCrop: up to 10 tries of a random area and a
+    log-uniform aspect ratio, then a centred crop with the ratio clamped to `ratio`.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        crop_w = round(math.sqrt(target_area * aspect))
+        crop_h = round(math.sqrt(target_area / aspect))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = int(rng.integers(0, height - crop_h + 1))
+            left = int(rng.integers(0, width - crop_w + 1))
+            return top, left, crop_h, crop_w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        crop_w, crop_h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        crop_h, crop_w = height, round(height * ratio[1])
+    else:
+        crop_h, crop_w = height, width
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """Resizes uint8 [T, H, W, 3] frames to [T, size, size, 3] without crop (area filter when shrinking)."""
+    _, height, width, _ = frames.shape
+    if (height, width) == (size, size):
+        return frames
+    interpolation = cv2.INTER_AREA if size < min(height, width) else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(frame, (size, size), interpolation=interpolation) for frame in frames])
+
+
+def _text(value: Any) -> str:
+    """Strings come back as bytes from tfds and as str from in-memory sources."""
+    if isinstance(value, np.ndarray):
+        value = value.item()
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipTransform(grain.transforms.RandomMap):
+    """Turns one example dict into model inputs; picklable so grain workers can run it."""
+
+    train: bool
+    num_frames: int = 8
+    image_size: int = 224
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_probability: float = 0.5
+    tokenizer: PreTrainedTokenizerBase | None = None
+    max_text_tokens: int = 48
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        frames = np.asarray(element["frames"])
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(
+                f"clip {_text(element.get('clip_id', '?'))!r}: frames must be uint8 [T, H, W, 3], got shape {frames.shape}"
+            )
+        if self.train:
+            frames = frames[train_indices(len(frames), self.num_frames, rng)]
+            top, left, crop_h, crop_w = random_resized_crop_box(
+                frames.shape[1], frames.shape[2], rng, self.crop_scale, self.crop_ratio
+            )
+            frames = resize_frames(frames[:, top : top + crop_h, left : left + crop_w], self.image_size)
+            if rng.random() < self.flip_probability:
+                frames = frames[:, :, ::-1]
+        else:
+            frames = resize_frames(frames[uniform_indices(len(frames), self.num_frames)], self.image_size)
+        mean = np.asarray(self.mean, np.float32) * 255.0
+        std = np.asarray(self.std, np.float32) * 255.0
+        caption = _text(element["caption"])
+        out = {
+            "frames": (frames.astype(np.float32) - mean) / std,
+            "clip_id": _text(element["clip_id"]).encode("utf-8"),
+            "caption": caption.encode("utf-8"),
+        }
+        if self.tokenizer is not None:
+            tokens = self.tokenizer(
+                caption, padding="max_length", truncation=True, max_length=self.max_text_tokens, return_tensors="np"
+            )
+            out["input_ids"] = tokens["input_ids"][0].astype(np.int32)
+            out["attention_mask"] = tokens["attention_mask"][0].astype(np.int32)
+        return out
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; outside `app.run` nobody parsed them."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_dataset(
+    source: ExampleSource,
+    *,
+    train: bool,
+    batch_size: int,
+    num_frames: int = 8,
+    image_size: int = 224,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_text_tokens: int = 48,
+    seed: int = 0,
+    worker_count: int = 0,
+    num_epochs: int | None = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> grain.IterDataset:
+    """Builds the input pipeline; `iter()` of the result is a checkpointable iterator.
+
+    Args:
+      source: random-access examples, e.g. `tfds.data_source("panda70m", split="train")`.
+      train: shuffle, sample 4 random frames per half, random-resized-crop and flip, and drop
+        the last partial batch; otherwise keep the order, sample uniformly and only resize.
+      batch_size: the global batch size; each host gets `batch_size // shard_count`.
+      tokenizer: when given, batches carry `input_ids` / `attention_mask` int32
+        [B, max_text_tokens]; the raw caption is always in `caption` (bytes).
+      worker_count: grain worker processes (0 reads in this process).
+      num_epochs: passes over the data; None means forever when training and once for eval.
+      shard_index, shard_count: this host's shard; default `jax.process_index()` / `jax.process_count()`.
+
+    Yields dicts with `frames` float32 [B, num_frames, image_size, image_size, 3], `clip_id`
+    and `caption` (bytes arrays [B]), and the token arrays when a tokenizer is given.
+    """
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+    if batch_size % shard_count:
+        raise ValueError(f"global batch_size {batch_size} must be divisible by the {shard_count} hosts reading it")
+    if len(source) == 0:
+        raise ValueError("the source has no examples: was the dataset built, and is the split right?")
+    if worker_count > 0:
+        _ensure_absl_flags_parsed()
+    if num_epochs is None and not train:
+        num_epochs = 1
+
+    ds = grain.MapDataset.source(source)
+    if train:
+        # Equal shards, so that no host runs out of batches before the others.
+        ds = ds[: len(ds) // shard_count * shard_count]
+    ds = ds[shard_index::shard_count]
+    if len(ds) == 0:
+        raise ValueError(f"shard {shard_index} of {shard_count} is empty: the source has only {len(source)} examples")
+    shard_size = len(ds)
+    if train:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    transform = ClipTransform(
+        train=train,
+        num_frames=num_frames,
+        image_size=image_size,
+        mean=tuple(mean),
+        std=tuple(std),
+        tokenizer=tokenizer,
+        max_text_tokens=max_text_tokens,
+    )
+    ds = ds.random_map(transform, seed=seed)
+    iter_ds = ds.to_iter_dataset().batch(batch_size // shard_count, drop_remainder=train)
+    if worker_count > 0:
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    log.info(
+        "pipeline: %d of %d examples on shard %d/%d, %s, per-host batch %d, %d workers",
+        shard_size,
+        len(source),
+        shard_index,
+        shard_count,
+        "train" if train else "eval",
+        batch_size // shard_count,
+        worker_count,
+    )
+    return iter_ds

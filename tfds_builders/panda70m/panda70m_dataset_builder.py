@@ -1,0 +1,387 @@
+"""`panda70m`: captioned video clips, built by running the panda-jax stages over long videos.
+
+    tfds build panda70m --imports tfds_builders                      # config `sample`
+    tfds build panda70m --imports tfds_builders --config local --manual_dir ~/my_videos
+    tfds build panda70m --imports tfds_builders \
+        --beam_pipeline_options=runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing
+
+Every video is split with `panda_jax.split.run` (the function behind `python -m
+panda_jax.split`); its stage records go to `<data_dir>/panda70m_work/<config>/`, so a rebuild
+reuses them. Frames are sampled uniformly over each clip and resized without crop. The build
+writes tfrecord shards (read by `tfds.load`) and converts them in place to array_record (read by
+`tfds.data_source`), so both read the same examples.
+
+Until the caption teachers exist, captions come from the synthetic ground truth (`sample`) or
+from `captions.jsonl` / `selection.jsonl` records in the manual dir (`local`); the feature
+`caption_source` says which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from panda_jax import split
+from panda_jax.data.records import read_jsonl
+from panda_jax.data.subtitles import SubtitleError, overlapping_text, read_subtitles
+from panda_jax.video import io
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".m4v")
+UNKNOWN = -1.0  # matching_score / max_running_lpips / teacher score when not computed
+
+_MANUAL_INSTRUCTIONS = """\
+config `local`: put in the manual dir either a `videos.jsonl` (DESIGN.md `videos` records,
+paths relative to it) or video files with optional sidecars `<stem>.json` ({"title": ...,
+"description": ...}) and `<stem>.srt` / `<stem>.vtt`. Optional: `captions.jsonl`,
+`selection.jsonl` (caption stage records) and `split/clips.jsonl` (split records to reuse).
+config `official`: the official Panda-70M CSV plus the clips downloaded by video2dataset.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Panda70mConfig(tfds.core.BuilderConfig):
+    """How clips are made and stored; the `sample_*` fields shape the synthetic corpus."""
+
+    num_frames: int = 16
+    image_size: int = 224
+    detector: str = "content"  # Panda-70M's own choice, and fast on CPU
+    preset: str = "default"
+    sample_videos: int = 4
+    sample_video_size: int = 96
+    sample_duration: float = 10.0
+    sample_seed: int = 0
+    sample_include_city: bool = True  # adds the real CC0 clip cityCC0.mpg (Kivy examples)
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoJob:
+    """One video and everything its examples need; the unit of (Beam) parallel work."""
+
+    video_id: str
+    path: str
+    title: str = ""
+    description: str = ""
+    subtitles: tuple[dict[str, Any], ...] = ()
+    # Synthetic ground-truth events in seconds: ({start, end, caption}, ...).
+    events: tuple[dict[str, Any], ...] = ()
+    # Split records to reuse instead of splitting again; None splits the video.
+    clips: tuple[dict[str, Any], ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipCaptions:
+    """Caption stage records of a manual dir, by clip id."""
+
+    captions: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    selection: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSettings:
+    """What the workers need besides the video: plain data, so Beam can pickle it."""
+
+    work_dir: str
+    num_frames: int
+    image_size: int
+    detector: str
+    preset: str
+    captions: ClipCaptions = dataclasses.field(default_factory=ClipCaptions)
+
+
+def sample_indices(start_frame: int, end_frame: int, num_frames: int) -> list[int]:
+    """`num_frames` frame indices spread uniformly over [start_frame, end_frame), centred in their bins."""
+    length = max(end_frame - start_frame, 1)
+    return [start_frame + int((i + 0.5) * length / num_frames) for i in range(num_frames)]
+
+
+def _split_clips(job: VideoJob, settings: BuildSettings) -> list[dict[str, Any]] | None:
+    """Splits the video with the split CLI's `run`; None when the video failed."""
+    out = Path(settings.work_dir) / "split" / job.video_id
+    split_settings = split.Settings(detector=settings.detector, preset=settings.preset, stitch=True)
+    summary = split.run([split.VideoInput(job.video_id, Path(job.path))], out, split_settings, split.load_config())
+    if summary["failed"]:
+        (failure,) = read_jsonl(out / "failures.jsonl")
+        log.warning("skipping %s: %s (recorded in %s)", job.path, failure["error"], out / "failures.jsonl")
+        return None
+    return list(read_jsonl(out / "clips.jsonl"))
+
+
+def _ground_truth_caption(job: VideoJob, start: float, end: float) -> str:
+    """The caption of the synthetic event overlapping the clip most."""
+    overlaps = [(min(end, e["end"]) - max(start, e["start"]), e["caption"]) for e in job.events]
+    best = max(overlaps, default=(0.0, ""))
+    return best[1] if best[0] > 0 else ""
+
+
+def _captions(job: VideoJob, clip_id: str, start: float, end: float, records: ClipCaptions) -> dict[str, Any]:
+    """caption, caption_source, matching_score and teacher_captions of one clip."""
+    selected = records.selection.get(clip_id)
+    scores = (selected or {}).get("scores", {})
+    teachers = [
+        {"teacher": r["teacher"], "caption": r["caption"], "score": np.float32(scores.get(r["teacher"], UNKNOWN))}
+        for r in records.captions.get(clip_id, [])
+    ]
+    result = {"matching_score": np.float32(UNKNOWN), "teacher_captions": teachers}
+    if selected is not None:
+        return result | {
+            "caption": selected["caption"],
+            "caption_source": "selection",
+            "matching_score": np.float32(selected.get("matching_score", UNKNOWN)),
+        }
+    if teachers:
+        return result | {"caption": teachers[0]["caption"], "caption_source": "manual"}
+    if job.events:
+        return result | {"caption": _ground_truth_caption(job, start, end), "caption_source": "synthetic_ground_truth"}
+    return result | {"caption": "", "caption_source": "none"}
+
+
+def video_examples(job: VideoJob, settings: BuildSettings) -> list[tuple[str, dict[str, Any]]]:
+    """All (key, example) pairs of one video; [] when it cannot be split or decoded."""
+    clips = list(job.clips) if job.clips is not None else _split_clips(job, settings)
+    if not clips:
+        return []
+    try:
+        fps = io.probe(job.path).fps
+        indices = [i for c in clips for i in sample_indices(c["start_frame"], c["end_frame"], settings.num_frames)]
+        frames = io.read_frames(job.path, indices, size=(settings.image_size, settings.image_size))
+    except (io.VideoError, OSError) as e:
+        log.warning("skipping %s: cannot decode its frames (%s)", job.path, e)
+        return []
+    examples = []
+    for n, clip in enumerate(clips):
+        start, end = float(clip["start"]), float(clip["end"])
+        example = {
+            "clip_id": clip["clip_id"],
+            "video_id": job.video_id,
+            "start": np.float32(start),
+            "end": np.float32(end),
+            "fps": np.float32(fps),
+            "frames": frames[n * settings.num_frames : (n + 1) * settings.num_frames],
+            "title": job.title,
+            "description": job.description,
+            "subtitles": overlapping_text(job.subtitles, start, end),
+            "max_running_lpips": np.float32(clip.get("max_running_lpips", UNKNOWN)),
+        }
+        example |= _captions(job, clip["clip_id"], start, end, settings.captions)
+        examples.append((clip["clip_id"], example))
+    return examples
+
+
+def _read_sidecar_metadata(video: Path) -> dict[str, str]:
+    sidecar = video.with_suffix(".json")
+    if not sidecar.exists():
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("ignoring unreadable metadata %s: %s", sidecar, e)
+        return {}
+    return {k: str(meta.get(k, "")) for k in ("title", "description")}
+
+
+def _read_sidecar_subtitles(video: Path) -> list[dict[str, Any]]:
+    for suffix in (".srt", ".vtt"):
+        path = video.with_suffix(suffix)
+        if path.exists():
+            try:
+                return read_subtitles(path)
+            except (OSError, UnicodeDecodeError, SubtitleError) as e:
+                log.warning("ignoring unreadable subtitles %s: %s", path, e)
+    return []
+
+
+def local_jobs(manual_dir: Path) -> list[VideoJob]:
+    """The videos of a `local` manual dir, with their metadata and any split records to reuse."""
+    clips_file = manual_dir / "split" / "clips.jsonl"
+    reuse: dict[str, list[dict[str, Any]]] = {}
+    if clips_file.exists():
+        for clip in read_jsonl(clips_file):
+            reuse.setdefault(clip["video_id"], []).append(clip)
+    jobs = []
+    if (manual_dir / "videos.jsonl").exists():
+        for record in read_jsonl(manual_dir / "videos.jsonl"):
+            video_id = str(record["video_id"])
+            jobs.append(VideoJob(
+                video_id=video_id,
+                path=str(manual_dir / record["path"]),
+                title=record.get("title", ""),
+                description=record.get("description", ""),
+                subtitles=tuple(record.get("subtitles", ())),
+                clips=tuple(reuse[video_id]) if video_id in reuse else None,
+            ))
+        return jobs
+    videos = sorted(p for p in manual_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not videos:
+        raise FileNotFoundError(
+            f"{manual_dir} has no videos.jsonl and no video files ({', '.join(VIDEO_SUFFIXES)}).\n{_MANUAL_INSTRUCTIONS}"
+        )
+    for video in videos:
+        meta = _read_sidecar_metadata(video)
+        jobs.append(VideoJob(
+            video_id=video.stem,
+            path=str(video),
+            title=meta.get("title", ""),
+            description=meta.get("description", ""),
+            subtitles=tuple(_read_sidecar_subtitles(video)),
+            clips=tuple(reuse[video.stem]) if video.stem in reuse else None,
+        ))
+    return jobs
+
+
+def local_captions(manual_dir: Path) -> ClipCaptions:
+    """`captions.jsonl` and `selection.jsonl` of a manual dir, by clip id (both optional)."""
+    captions: dict[str, list[dict[str, Any]]] = {}
+    if (manual_dir / "captions.jsonl").exists():
+        for record in read_jsonl(manual_dir / "captions.jsonl"):
+            captions.setdefault(record["clip_id"], []).append(record)
+    selection = {}
+    if (manual_dir / "selection.jsonl").exists():
+        selection = {r["clip_id"]: r for r in read_jsonl(manual_dir / "selection.jsonl")}
+    return ClipCaptions(captions, selection)
+
+
+def sample_jobs(config: Panda70mConfig, work_dir: Path) -> list[VideoJob]:
+    """Generates (or reuses) the synthetic corpus and adds cityCC0.mpg."""
+    from panda_jax.data import synthetic, testmedia
+
+    corpus = work_dir / "synthetic"
+    records_file = corpus / "videos.jsonl"
+    records = list(read_jsonl(records_file)) if records_file.exists() else []
+    if len(records) != config.sample_videos:
+        records = synthetic.generate_corpus(
+            corpus, config.sample_videos, config.sample_seed,
+            size=config.sample_video_size, duration=config.sample_duration,
+        )
+    jobs = [
+        VideoJob(
+            video_id=r["video_id"],
+            path=str(corpus / r["path"]),
+            title=r["title"],
+            description=r["description"],
+            subtitles=tuple(r["subtitles"]),
+            events=tuple(
+                {"start": e["start_frame"] / r["fps"], "end": e["end_frame"] / r["fps"], "caption": e["caption"]}
+                for e in r["gt_events"]
+            ),
+        )
+        for r in records
+    ]
+    if config.sample_include_city:
+        jobs.append(VideoJob(video_id="cityCC0", path=str(testmedia.fetch("city")), title="cityCC0"))
+    return jobs
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """Panda-70M-style captioned clips made by the panda-jax stages."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Split by panda_jax.split; captions from ground truth or manual records."}
+    BUILDER_CONFIGS = [
+        Panda70mConfig(name="sample", description="Synthetic corpus + cityCC0.mpg, built offline in minutes."),
+        Panda70mConfig(name="local", description="Your videos and metadata from the manual dir."),
+        Panda70mConfig(name="official", description="The official Panda-70M CSV joined with downloaded clips."),
+    ]
+    DEFAULT_CONFIG_NAME = "sample"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config: Panda70mConfig = self.builder_config
+        size = config.image_size
+        scalar = functools.partial(tfds.features.Tensor, shape=(), dtype=np.float32)
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "clip_id": tfds.features.Text(),
+                "video_id": tfds.features.Text(),
+                "start": scalar(),
+                "end": scalar(),
+                "fps": scalar(),
+                "frames": tfds.features.Sequence(
+                    tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"), length=config.num_frames
+                ),
+                "caption": tfds.features.Text(),
+                "caption_source": tfds.features.Text(),
+                "matching_score": scalar(),
+                "teacher_captions": tfds.features.Sequence({
+                    "teacher": tfds.features.Text(),
+                    "caption": tfds.features.Text(),
+                    "score": scalar(),
+                }),
+                "title": tfds.features.Text(),
+                "description": tfds.features.Text(),
+                "subtitles": tfds.features.Text(),
+                "max_running_lpips": scalar(),
+            }),
+            homepage="https://snap-research.github.io/Panda-70M/",
+        )
+
+    def _work_dir(self) -> Path:
+        return Path(self.data_dir_root) / "panda70m_work" / self.builder_config.name
+
+    def _generate_splits(self, dl_manager, download_config):
+        # Beam is used exactly when the caller asked for it (`--beam_pipeline_options`).
+        self._use_beam = download_config.beam_options is not None or download_config.beam_runner is not None
+        return super()._generate_splits(dl_manager, download_config)
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config: Panda70mConfig = self.builder_config
+        work_dir = self._work_dir()
+        captions = ClipCaptions()
+        if config.name == "sample":
+            jobs = sample_jobs(config, work_dir)
+        elif config.name == "local":
+            jobs = local_jobs(Path(dl_manager.manual_dir))
+            captions = local_captions(Path(dl_manager.manual_dir))
+        elif config.name == "official":
+            raise NotImplementedError(
+                "config `official` needs panda_jax.data.official (CSV + video2dataset join), which is not "
+                "in this checkout yet; build `sample` or `local` meanwhile"
+            )
+        else:
+            raise ValueError(f"unknown config {config.name!r}; choose sample, local or official")
+        settings = BuildSettings(
+            work_dir=str(work_dir), num_frames=config.num_frames, image_size=config.image_size,
+            detector=config.detector, preset=config.preset, captions=captions,
+        )
+        log.info("panda70m/%s: %d videos, stage records in %s", config.name, len(jobs), work_dir)
+        return {"train": self._generate_examples(jobs, settings)}
+
+    def _generate_examples(self, jobs: Sequence[VideoJob], settings: BuildSettings):
+        if getattr(self, "_use_beam", False):
+            beam = tfds.core.lazy_imports.apache_beam
+            return (
+                beam.Create(list(jobs))
+                | "SpreadVideos" >> beam.Reshuffle()
+                | "SplitAndSample" >> beam.FlatMap(video_examples, settings=settings)
+            )
+        return self._generate_sequential(jobs, settings)
+
+    @staticmethod
+    def _generate_sequential(jobs: Sequence[VideoJob], settings: BuildSettings) -> Iterator[tuple[str, dict[str, Any]]]:
+        for job in jobs:
+            yield from video_examples(job, settings)
+
+    def download_and_prepare(self, *args, **kwargs) -> None:
+        """Builds tfrecord shards, then adds array_record copies so `tfds.data_source` reads them too."""
+        super().download_and_prepare(*args, **kwargs)
+        if self.info.file_format != tfds.core.FileFormat.TFRECORD:
+            return
+        array_record = tfds.core.FileFormat.ARRAY_RECORD
+        if array_record in self.info.alternative_file_formats:
+            return
+        from tensorflow_datasets.scripts.cli import convert_format_utils
+
+        convert_format_utils.convert_dataset(
+            out_dir=None, out_file_format=array_record, dataset_version_dir=[self.data_dir], num_workers=1
+        )
+        self.info.add_alternative_file_format(array_record)
+
