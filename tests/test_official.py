@@ -61,7 +61,10 @@ def test_parses_every_column_exactly(tmp_path):
                 ["A neuron in a black background.", 'He says "hi", then leaves.'],
                 scores=[0.451416015625, 0.5],
                 desirable=["1_still_foreground_image", "desirable"],
-                shots=[[["0:00:00.000", "0:00:03.069"]], [["0:00:00.000", "0:00:02.702"], ["0:00:02.736", "0:00:04.838"]]],
+                shots=[
+                    [["0:00:00.000", "0:00:03.069"]],
+                    [["0:00:00.000", "0:00:02.702"], ["0:00:02.736", "0:00:04.838"]],
+                ],
             )
         ],
     )
@@ -151,8 +154,11 @@ def downloads(tmp_path_factory) -> tuple[Path, Path]:
     folder = root / "v2d"
     rows = [
         # per-clip layout: clips 0 and 1 downloaded (1 within tolerance, seconds as numbers), clip 2 absent.
-        _row("clipped", [["0:00:00.500", "0:00:02.000"], ["0:00:02.450", "0:00:04.000"], ["0:00:05.000", "0:00:06.000"]],
-             ["c0", "c1", "c2"]),
+        _row(
+            "clipped",
+            [["0:00:00.500", "0:00:02.000"], ["0:00:02.450", "0:00:04.000"], ["0:00:05.000", "0:00:06.000"]],
+            ["c0", "c1", "c2"],
+        ),
         # download failed: both clips are failed.
         _row("gone", [["0:00:00.000", "0:00:01.000"], ["0:00:01.000", "0:00:02.000"]], ["g0", "g1"]),
         # malformed: lengths disagree.
@@ -164,6 +170,8 @@ def downloads(tmp_path_factory) -> tuple[Path, Path]:
         _row("corrupt", [["0:00:00.000", "0:00:01.000"]], ["x0"]),
         # never attempted.
         _row("absent", [["0:00:00.000", "0:00:01.000"]], ["a0"]),
+        # a success whose video file is gone.
+        _row("nofile", [["0:00:00.000", "0:00:01.000"]], ["n0"]),
     ]
     csv_path = _write_csv(root / "panda70m.csv", rows)
     url = "https://www.youtube.com/watch?v={}".format
@@ -171,12 +179,16 @@ def downloads(tmp_path_factory) -> tuple[Path, Path]:
             {"url": url("clipped"), "status": "success", "clips": [["00:00:00.500", "00:00:02.000"]]}, 1.5)
     _sample(folder, "00000", "000000000_00001",
             {"url": url("clipped"), "status": "success", "clips": [[2.5, 4.0]]}, 1.5)
+    # 0.2 s off clipped.0002: outside the tolerance, so not its file.
+    _sample(folder, "00000", "000000000_00002",
+            {"url": url("clipped"), "status": "success", "clips": [[5.2, 6.0]]}, 0.8)
     _sample(folder, "00000", "000000001",
             {"url": url("gone"), "status": "failed_to_download", "error_message": "Video unavailable", "clips": []})
     _sample(folder, "00001", "000010000", {"url": url("whole"), "status": "success"}, 4.0)
     _sample(folder, "00001", "000010001_00000",
             {"url": url("corrupt"), "status": "success", "clips": [["00:00:00.000", "00:00:01.000"]]})
     (folder / "00001" / "000010001_00000.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    _sample(folder, "00001", "000010002_00000", {"url": url("nofile"), "status": "success", "clips": [[0.0, 1.0]]})
     (folder / "00000_stats.json").write_text(json.dumps({"count": 2, "successes": 1, "failed_to_download": 1}))
     return csv_path, folder
 
@@ -185,7 +197,10 @@ def test_index_reads_both_layouts(downloads):
     _, folder = downloads
     index = official.index_video2dataset(folder)
     by_key = {s.key: s for s in index.samples}
-    assert sorted(by_key) == ["000000000_00000", "000000000_00001", "000000001", "000010000", "000010001_00000"]
+    assert sorted(by_key) == [
+        "000000000_00000", "000000000_00001", "000000000_00002", "000000001", "000010000", "000010001_00000",
+        "000010002_00000",
+    ]
     assert by_key["000000000_00000"].span == (0.5, 2.0)
     assert by_key["000000000_00001"].span == (2.5, 4.0)
     assert by_key["000010000"].span is None and by_key["000010000"].path.name == "000010000.mp4"
@@ -193,9 +208,10 @@ def test_index_reads_both_layouts(downloads):
     assert index.unreadable == 0
 
 
-def test_join_ties_clips_by_timestamp_and_counts_the_rest(downloads):
+def test_join_ties_clips_by_timestamp_and_counts_the_rest(downloads, caplog):
     csv_path, folder = downloads
-    joined, report = official.join(csv_path, folder)
+    with caplog.at_level(logging.INFO, logger="panda_jax.data.official"):
+        joined, report = official.join(csv_path, folder)
 
     got = {j.clip.clip_id: (j.path.name, round(j.start, 3), round(j.end, 3)) for j in joined}
     assert got == {
@@ -205,16 +221,18 @@ def test_join_ties_clips_by_timestamp_and_counts_the_rest(downloads):
         "whole.0001": ("000010000.mp4", 1.5, 3.0),
     }
     assert [j.clip.caption for j in joined] == ["c0", "c1", "w0", "w1"]
-    assert (report.clips, report.matched, report.missing, report.failed, report.malformed_rows) == (10, 4, 2, 4, 1)
+    assert (report.clips, report.matched, report.missing, report.failed, report.malformed_rows) == (11, 4, 2, 5, 1)
     assert report.reasons == {
         "no downloaded clip at this timestamp": 1,  # clipped.0002
         "source video not downloaded": 1,  # absent.0000
         "download failed_to_download": 2,  # gone.*
         "clip ends after the downloaded video": 1,  # whole.0002
         "unreadable video": 1,  # corrupt.0000
+        "video file absent": 1,  # nofile.0000
     }
     assert report.problems[0].video_id == "broken" and report.problems[0].line == 4
-    assert report.summary() == "10 clips in the CSV: 4 matched, 2 missing, 4 failed; 1 malformed rows skipped"
+    assert report.summary() == "11 clips in the CSV: 4 matched, 2 missing, 5 failed; 1 malformed rows skipped"
+    assert report.summary() in caplog.text
     # Every matched span lies inside its file, so its frames can be read.
     for j in joined:
         assert j.end <= io.probe(j.path).duration + 1e-6

@@ -165,7 +165,7 @@ def test_crop_and_flip_are_shared_by_all_frames_of_a_clip():
 def test_same_seed_gives_identical_batches(tokenizer):
     def batches(seed: int) -> list[dict]:
         ds = pipeline.make_dataset(
-            FakeSource(9), train=True, batch_size=4, image_size=8, tokenizer=tokenizer, seed=seed, shard_index=0, shard_count=1
+            FakeSource(9), train=True, batch_size=4, image_size=8, tokenizer=tokenizer, seed=seed, shard_count=1
         )
         return take(ds, 5)  # past the first epoch: training repeats forever
 
@@ -177,7 +177,7 @@ def test_same_seed_gives_identical_batches(tokenizer):
     assert any(not np.array_equal(x["clip_id"], z["clip_id"]) for x, z in zip(a, c))
 
 
-@pytest.mark.parametrize("worker_count", [0, 2])
+@pytest.mark.parametrize("worker_count", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_restoring_iterator_state_gives_the_same_next_batch(worker_count, tokenizer):
     ds = pipeline.make_dataset(
         FakeSource(10),
@@ -239,7 +239,9 @@ def test_tokens_equal_the_tokenizers_own(tokenizer):
         assert out["attention_mask"].tolist() == own["attention_mask"]
         words = len(tokenizer(caption)["input_ids"])
         assert int(out["attention_mask"].sum()) == min(words, 12)
-    ds = pipeline.make_dataset(FakeSource(4), train=False, batch_size=4, image_size=8, tokenizer=tokenizer, shard_count=1)
+    ds = pipeline.make_dataset(
+        FakeSource(4), train=False, batch_size=4, image_size=8, tokenizer=tokenizer, shard_count=1
+    )
     batch = next(iter(ds))
     assert batch["input_ids"].shape == (4, 48)
     assert batch["input_ids"][3].tolist() == tokenizer(SENTENCES[3], padding="max_length", max_length=48)["input_ids"]
@@ -252,3 +254,22 @@ def test_bad_arguments_are_reported():
         pipeline.make_dataset(FakeSource(0), train=False, batch_size=2, shard_count=1)
     with pytest.raises(ValueError, match="shard_index"):
         pipeline.make_dataset(FakeSource(4), train=False, batch_size=2, shard_index=2, shard_count=2)
+
+
+def test_iterator_saves_and_restores_through_orbax(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    import grain
+
+    ds = pipeline.make_dataset(FakeSource(10), train=True, batch_size=2, image_size=8, seed=5, shard_count=1)
+    it = iter(ds)
+    next(it), next(it)
+    with ocp.CheckpointManager(tmp_path, item_names=("data",)) as manager:
+        manager.save(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+        manager.wait_until_finished()
+    want = next(it)
+    restored = iter(ds)
+    with ocp.CheckpointManager(tmp_path, item_names=("data",)) as manager:
+        manager.restore(2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+    got = next(restored)
+    np.testing.assert_array_equal(got["clip_id"], want["clip_id"])
+    np.testing.assert_array_equal(got["frames"], want["frames"])

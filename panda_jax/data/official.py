@@ -76,7 +76,7 @@ class OfficialClip:
 
 @dataclasses.dataclass(frozen=True)
 class RowProblem:
-    """A CSV row that was skipped: its line in the file (the header is line 1) and why."""
+    """A CSV row that was skipped: the file line it ends on (the header is line 1) and why."""
 
     line: int
     video_id: str
@@ -340,7 +340,9 @@ def _tie(clip: OfficialClip, samples: list[DownloadedSample], prober: _Prober) -
         duration = prober(sample.path)
         if isinstance(duration, str):
             return "failed", "unreadable video"
-        return JoinedClip(clip, sample.path, 0.0, min(clip.end - clip.start, duration))
+        # The file starts at the sample's span start, which may differ from the CSV's by the tolerance.
+        offset = sample.span[0]
+        return JoinedClip(clip, sample.path, max(0.0, clip.start - offset), min(clip.end - offset, duration))
     whole = [sample for sample in samples if sample.span is None]
     for sample in whole:
         if sample.status == SUCCESS and sample.path is not None:

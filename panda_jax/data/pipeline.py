@@ -62,7 +62,9 @@ def train_indices(num_stored: int, num_frames: int, rng: np.random.Generator) ->
     every sample sees both the start and the end of the clip but not always the same frames.
     """
     if num_frames < 2 or num_frames % 2:
-        raise ValueError(f"training samples the same number of frames per half: num_frames must be even, got {num_frames}")
+        raise ValueError(
+            f"training samples the same number of frames per half: num_frames must be even, got {num_frames}"
+        )
     if num_stored < 2:
         raise ValueError(f"a clip needs at least 2 stored frames to have two halves, got {num_stored}")
     per_half = num_frames // 2
@@ -143,7 +145,8 @@ class ClipTransform(grain.transforms.RandomMap):
         frames = np.asarray(element["frames"])
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(
-                f"clip {_text(element.get('clip_id', '?'))!r}: frames must be uint8 [T, H, W, 3], got shape {frames.shape}"
+                f"clip {_text(element.get('clip_id', '?'))!r}: frames must be uint8 [T, H, W, 3], "
+                f"got shape {frames.shape}"
             )
         if self.train:
             frames = frames[train_indices(len(frames), self.num_frames, rng)]
@@ -207,6 +210,7 @@ def make_dataset(
       worker_count: grain worker processes (0 reads in this process).
       num_epochs: passes over the data; None means forever when training and once for eval.
       shard_index, shard_count: this host's shard; default `jax.process_index()` / `jax.process_count()`.
+        Training shards are cut to equal sizes; eval shards keep every example, so they may differ by one.
 
     Yields dicts with `frames` float32 [B, num_frames, image_size, image_size, 3], `clip_id`
     and `caption` (bytes arrays [B]), and the token arrays when a tokenizer is given.
