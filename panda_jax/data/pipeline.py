@@ -33,6 +33,8 @@ import numpy as np
 from absl import flags
 from transformers import PreTrainedTokenizerBase
 
+from panda_jax.video.sampling import uniform_indices
+
 log = logging.getLogger(__name__)
 
 # CLIP's image statistics; BLIP / BLIP-2 / EVA use the same values.
@@ -46,13 +48,6 @@ class ExampleSource(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> dict[str, Any]: ...
-
-
-def uniform_indices(num_stored: int, num_frames: int) -> np.ndarray:
-    """Middle frame of each of `num_frames` equal segments: the eval / captioning sampling."""
-    if num_stored < 1 or num_frames < 1:
-        raise ValueError(f"need at least one stored and one sampled frame, got {num_stored} and {num_frames}")
-    return np.floor((np.arange(num_frames) + 0.5) * num_stored / num_frames).astype(np.int64)
 
 
 def train_indices(num_stored: int, num_frames: int, rng: np.random.Generator) -> np.ndarray:

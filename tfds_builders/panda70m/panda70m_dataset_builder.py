@@ -1,19 +1,22 @@
 """`panda70m`: captioned video clips, built by running the panda-jax stages over long videos.
 
-    tfds build panda70m --imports tfds_builders                      # config `sample`
+    tfds build panda70m --imports tfds_builders --config sample
     tfds build panda70m --imports tfds_builders --config local --manual_dir ~/my_videos
-    tfds build panda70m --imports tfds_builders \
+    tfds build panda70m --imports tfds_builders --config official --manual_dir ~/panda70m_download
+    tfds build panda70m --imports tfds_builders --config sample \
         --beam_pipeline_options=runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing
 
-Every video is split with `panda_jax.split.run` (the function behind `python -m
+(Without `--config` the CLI builds every config in turn; see launch/README.md.) Every video
+without split records is split with `panda_jax.split.run` (the function behind `python -m
 panda_jax.split`); its stage records go to `<data_dir>/panda70m_work/<config>/`, so a rebuild
 reuses them. Frames are sampled uniformly over each clip and resized without crop. The build
 writes tfrecord shards (read by `tfds.load`) and converts them in place to array_record (read by
 `tfds.data_source`), so both read the same examples.
 
-Until the caption teachers exist, captions come from the synthetic ground truth (`sample`) or
-from `captions.jsonl` / `selection.jsonl` records in the manual dir (`local`); the feature
-`caption_source` says which.
+Until the caption teachers exist, captions come from the synthetic ground truth (`sample`),
+from `captions.jsonl` / `selection.jsonl` records in the manual dir (`local`) or from the
+official CSV (`official`, whose clips are cut already and are not split again); the feature
+`caption_source` says which. Under Beam, one video is one unit of parallel work.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from panda_jax import split
 from panda_jax.data.records import read_jsonl
 from panda_jax.data.subtitles import SubtitleError, overlapping_text, read_subtitles
 from panda_jax.video import io
+from panda_jax.video.sampling import uniform_indices
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +48,20 @@ config `local`: put in the manual dir either a `videos.jsonl` (DESIGN.md `videos
 paths relative to it) or video files with optional sidecars `<stem>.json` ({"title": ...,
 "description": ...}) and `<stem>.srt` / `<stem>.vtt`. Optional: `captions.jsonl`,
 `selection.jsonl` (caption stage records) and `split/clips.jsonl` (split records to reuse).
-config `official`: the official Panda-70M CSV plus the clips downloaded by video2dataset.
+config `official`: exactly one official Panda-70M CSV in the manual dir, beside the shard
+folders that video2dataset (`--output_format files`) downloaded into it.
 """
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(eq=False)
 class Panda70mConfig(tfds.core.BuilderConfig):
-    """How clips are made and stored; the `sample_*` fields shape the synthetic corpus."""
+    """How clips are made and stored; the `sample_*` fields shape the synthetic corpus.
 
+    `source` picks where videos come from ("sample", "local" or "official"), so a custom config
+    (which TFDS requires to have a new name) can reuse any of them, e.g. a tiny test build.
+    """
+
+    source: str = "sample"
     num_frames: int = 16
     image_size: int = 224
     detector: str = "content"  # Panda-70M's own choice, and fast on CPU
@@ -99,9 +109,8 @@ class BuildSettings:
 
 
 def sample_indices(start_frame: int, end_frame: int, num_frames: int) -> list[int]:
-    """`num_frames` frame indices spread uniformly over [start_frame, end_frame), centred in their bins."""
-    length = max(end_frame - start_frame, 1)
-    return [start_frame + int((i + 0.5) * length / num_frames) for i in range(num_frames)]
+    """`num_frames` frame indices spread uniformly over [start_frame, end_frame)."""
+    return (start_frame + uniform_indices(max(end_frame - start_frame, 1), num_frames)).tolist()
 
 
 def _split_clips(job: VideoJob, settings: BuildSettings) -> list[dict[str, Any]] | None:
@@ -123,8 +132,20 @@ def _ground_truth_caption(job: VideoJob, start: float, end: float) -> str:
     return best[1] if best[0] > 0 else ""
 
 
-def _captions(job: VideoJob, clip_id: str, start: float, end: float, records: ClipCaptions) -> dict[str, Any]:
-    """caption, caption_source, matching_score and teacher_captions of one clip."""
+def _captions(job: VideoJob, clip: dict[str, Any], records: ClipCaptions) -> dict[str, Any]:
+    """caption, caption_source, matching_score and teacher_captions of one clip.
+
+    The first that exists wins: the clip's own official caption, a selection record, a caption
+    record (the first teacher's), the synthetic ground truth; else an empty caption, source "none".
+    """
+    clip_id, start, end = clip["clip_id"], float(clip["start"]), float(clip["end"])
+    if "caption" in clip:
+        return {
+            "caption": clip["caption"],
+            "caption_source": "official",
+            "matching_score": np.float32(clip.get("matching_score", UNKNOWN)),
+            "teacher_captions": [],
+        }
     selected = records.selection.get(clip_id)
     scores = (selected or {}).get("scores", {})
     teachers = [
@@ -145,6 +166,14 @@ def _captions(job: VideoJob, clip_id: str, start: float, end: float, records: Cl
     return result | {"caption": "", "caption_source": "none"}
 
 
+def _frame_span(clip: dict[str, Any], fps: float) -> tuple[int, int]:
+    """[start, end) frames of a clip in its file; official clips give seconds in the file instead."""
+    if "start_frame" in clip:
+        return clip["start_frame"], clip["end_frame"]
+    start = round(clip["file_start"] * fps)
+    return start, max(round(clip["file_end"] * fps), start + 1)
+
+
 def video_examples(job: VideoJob, settings: BuildSettings) -> list[tuple[str, dict[str, Any]]]:
     """All (key, example) pairs of one video; [] when it cannot be split or decoded."""
     clips = list(job.clips) if job.clips is not None else _split_clips(job, settings)
@@ -152,7 +181,7 @@ def video_examples(job: VideoJob, settings: BuildSettings) -> list[tuple[str, di
         return []
     try:
         fps = io.probe(job.path).fps
-        indices = [i for c in clips for i in sample_indices(c["start_frame"], c["end_frame"], settings.num_frames)]
+        indices = [i for c in clips for i in sample_indices(*_frame_span(c, fps), settings.num_frames)]
         frames = io.read_frames(job.path, indices, size=(settings.image_size, settings.image_size))
     except (io.VideoError, OSError) as e:
         log.warning("skipping %s: cannot decode its frames (%s)", job.path, e)
@@ -172,7 +201,7 @@ def video_examples(job: VideoJob, settings: BuildSettings) -> list[tuple[str, di
             "subtitles": overlapping_text(job.subtitles, start, end),
             "max_running_lpips": np.float32(clip.get("max_running_lpips", UNKNOWN)),
         }
-        example |= _captions(job, clip["clip_id"], start, end, settings.captions)
+        example |= _captions(job, clip, settings.captions)
         examples.append((clip["clip_id"], example))
     return examples
 
@@ -250,6 +279,43 @@ def local_captions(manual_dir: Path) -> ClipCaptions:
     return ClipCaptions(captions, selection)
 
 
+def official_jobs(manual_dir: Path) -> list[VideoJob]:
+    """The clips of the official CSV in `manual_dir` that video2dataset downloaded there, one job per file.
+
+    Missing, failed and malformed clips are counted by `official.join`, logged and skipped.
+    """
+    from panda_jax.data import official
+
+    csvs = sorted(manual_dir.glob("*.csv"))
+    if len(csvs) != 1:
+        raise FileNotFoundError(
+            f"config `official` needs exactly one Panda-70M CSV in {manual_dir}, found {len(csvs)}: "
+            f"{', '.join(p.name for p in csvs) or 'none'}"
+        )
+    joined, report = official.join(csvs[0], manual_dir)
+    log.info("official join: %s", report.summary())
+    for problem in report.problems:
+        log.warning("skipped CSV line %d (%s): %s", problem.line, problem.video_id, problem.reason)
+    by_file: dict[Path, list[Any]] = {}
+    for item in joined:
+        by_file.setdefault(item.path, []).append(item)
+    return [
+        VideoJob(
+            video_id=items[0].clip.video_id,
+            path=str(path),
+            clips=tuple(
+                {
+                    "clip_id": j.clip.clip_id, "video_id": j.clip.video_id,
+                    "start": j.clip.start, "end": j.clip.end, "file_start": j.start, "file_end": j.end,
+                    "caption": j.clip.caption, "matching_score": j.clip.matching_score,
+                }
+                for j in items
+            ),
+        )
+        for path, items in by_file.items()
+    ]
+
+
 def sample_jobs(config: Panda70mConfig, work_dir: Path) -> list[VideoJob]:
     """Generates (or reuses) the synthetic corpus and adds cityCC0.mpg."""
     from panda_jax.data import synthetic, testmedia
@@ -281,6 +347,17 @@ def sample_jobs(config: Panda70mConfig, work_dir: Path) -> list[VideoJob]:
     return jobs
 
 
+class FrameImage(tfds.features.Image):
+    """A JPEG frame whose NumPy batch decoding is one uint8 [n, h, w, 3] array, not a list.
+
+    Inside `Sequence`, TFDS decodes frames batched; its default gives `tfds.data_source` a list
+    of frames while `tfds.load` gives a tensor. Stacking makes both readers agree.
+    """
+
+    def decode_batch_example_np(self, batch: Any) -> np.ndarray:
+        return np.stack(list(super().decode_batch_example_np(batch)))
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Panda-70M-style captioned clips made by the panda-jax stages."""
 
@@ -288,8 +365,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Split by panda_jax.split; captions from ground truth or manual records."}
     BUILDER_CONFIGS = [
         Panda70mConfig(name="sample", description="Synthetic corpus + cityCC0.mpg, built offline in minutes."),
-        Panda70mConfig(name="local", description="Your videos and metadata from the manual dir."),
-        Panda70mConfig(name="official", description="The official Panda-70M CSV joined with downloaded clips."),
+        Panda70mConfig(name="local", source="local", description="Your videos and metadata from the manual dir."),
+        Panda70mConfig(
+            name="official", source="official", description="The official Panda-70M CSV joined with downloaded clips."
+        ),
     ]
     DEFAULT_CONFIG_NAME = "sample"
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
@@ -306,7 +385,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "end": scalar(),
                 "fps": scalar(),
                 "frames": tfds.features.Sequence(
-                    tfds.features.Image(shape=(size, size, 3), encoding_format="jpeg"), length=config.num_frames
+                    FrameImage(shape=(size, size, 3), encoding_format="jpeg"), length=config.num_frames
                 ),
                 "caption": tfds.features.Text(),
                 "caption_source": tfds.features.Text(),
@@ -336,18 +415,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         config: Panda70mConfig = self.builder_config
         work_dir = self._work_dir()
         captions = ClipCaptions()
-        if config.name == "sample":
+        if config.source == "sample":
             jobs = sample_jobs(config, work_dir)
-        elif config.name == "local":
+        elif config.source == "local":
             jobs = local_jobs(Path(dl_manager.manual_dir))
             captions = local_captions(Path(dl_manager.manual_dir))
-        elif config.name == "official":
-            raise NotImplementedError(
-                "config `official` needs panda_jax.data.official (CSV + video2dataset join), which is not "
-                "in this checkout yet; build `sample` or `local` meanwhile"
-            )
+        elif config.source == "official":
+            jobs = official_jobs(Path(dl_manager.manual_dir))
         else:
-            raise ValueError(f"unknown config {config.name!r}; choose sample, local or official")
+            raise ValueError(f"config {config.name!r} has unknown source {config.source!r}; use sample, local or official")
         settings = BuildSettings(
             work_dir=str(work_dir), num_frames=config.num_frames, image_size=config.image_size,
             detector=config.detector, preset=config.preset, captions=captions,
@@ -370,13 +446,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for job in jobs:
             yield from video_examples(job, settings)
 
+    def _restore_alternative_formats(self) -> None:
+        # TFDS 4.9.10 reads `alternative_file_formats` from dataset_info.json into the proto
+        # only, so a reloaded builder would not see its array_record shards.
+        listed = self.info.alternative_file_formats
+        for value in self.info.as_proto.alternative_file_formats:
+            if tfds.core.FileFormat(value) not in listed:
+                listed.append(tfds.core.FileFormat(value))
+
     def download_and_prepare(self, *args, **kwargs) -> None:
         """Builds tfrecord shards, then adds array_record copies so `tfds.data_source` reads them too."""
         super().download_and_prepare(*args, **kwargs)
-        if self.info.file_format != tfds.core.FileFormat.TFRECORD:
-            return
+        self._restore_alternative_formats()
         array_record = tfds.core.FileFormat.ARRAY_RECORD
-        if array_record in self.info.alternative_file_formats:
+        if self.info.file_format != tfds.core.FileFormat.TFRECORD or array_record in self.info.alternative_file_formats:
             return
         from tensorflow_datasets.scripts.cli import convert_format_utils
 
@@ -385,3 +468,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
         self.info.add_alternative_file_format(array_record)
 
+    def as_data_source(self, *args, **kwargs):
+        self._restore_alternative_formats()
+        return super().as_data_source(*args, **kwargs)

@@ -1,0 +1,225 @@
+"""The `panda70m` TFDS builder: example values, both readers, Beam = single process, failures skipped."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from panda_jax.data.records import read_jsonl  # noqa: E402
+from panda_jax.data.subtitles import SubtitleError, overlapping_text, parse_subtitles  # noqa: E402
+from panda_jax.video import io  # noqa: E402
+from tfds_builders.panda70m import Builder, Panda70mConfig  # noqa: E402
+from tfds_builders.panda70m.panda70m_dataset_builder import sample_indices  # noqa: E402
+from tfds_builders.panda70m.panda70m_dataset_builder_test import Panda70mLocalTest  # noqa: E402,F401
+
+DUMMY = Path(__file__).resolve().parents[1] / "tfds_builders" / "panda70m" / "dummy_data"
+TINY_LOCAL = Panda70mConfig(name="local_test", source="local", num_frames=4, image_size=64)
+TINY_SAMPLE = Panda70mConfig(
+    name="sample_test", num_frames=4, image_size=48, sample_videos=3, sample_video_size=64, sample_duration=10.0,
+    sample_seed=1, sample_include_city=False,
+)
+
+
+def _build(config: Panda70mConfig, data_dir: Path, manual_dir: Path | None = None, beam_workers: int = 0) -> Builder:
+    options = None
+    if beam_workers:
+        import apache_beam as beam
+
+        options = beam.options.pipeline_options.PipelineOptions(flags=[
+            "--runner=DirectRunner", f"--direct_num_workers={beam_workers}", "--direct_running_mode=multi_processing",
+        ])
+    builder = Builder(config=config, data_dir=str(data_dir))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir and str(manual_dir), beam_options=options)
+    )
+    return builder
+
+
+def _by_clip(config: Panda70mConfig, data_dir: Path) -> dict[str, dict]:
+    """Every example through `tfds.data_source` (array_record) of a freshly made builder."""
+    source = Builder(config=config, data_dir=str(data_dir)).as_data_source()["train"]
+    return {ex["clip_id"].decode(): ex for ex in source}
+
+
+@pytest.fixture(scope="module")
+def local_build(tmp_path_factory) -> Path:
+    data_dir = tmp_path_factory.mktemp("tfds")
+    _build(TINY_LOCAL, data_dir, manual_dir=DUMMY)
+    return data_dir
+
+
+def test_sample_indices_are_uniform_and_inside_the_clip():
+    assert sample_indices(10, 30, 4) == [12, 17, 22, 27]
+    assert sample_indices(0, 2, 4) == [0, 0, 1, 1]
+
+
+def test_local_examples_carry_captions_metadata_and_subtitles(local_build):
+    examples = _by_clip(TINY_LOCAL, local_build)
+    assert sorted(examples) == ["shapes_a.0000", "shapes_a.0001", "shapes_b.0000"]
+
+    first = examples["shapes_a.0000"]  # caption records, no selection: the first teacher's caption
+    assert first["caption_source"] == b"manual"
+    assert first["caption"] == b"A white square turns on a plain background."
+    assert list(first["teacher_captions"]["teacher"]) == [b"blip2_opt2.7b", b"minigpt4"]
+    np.testing.assert_array_equal(first["teacher_captions"]["score"], [-1.0, -1.0])
+    assert first["matching_score"] == -1.0
+    assert first["title"] == b"the white square one"
+    assert first["subtitles"] == b"this white square turns around"  # from shapes_a.srt
+
+    selected = examples["shapes_a.0001"]  # a selection record wins, with its scores
+    assert selected["caption_source"] == b"selection"
+    assert selected["caption"] == b"A blue cross rotates in front of stripes."
+    assert selected["matching_score"] == pytest.approx(0.61)
+    np.testing.assert_allclose(selected["teacher_captions"]["score"], [0.32, 0.61], rtol=1e-6)
+    assert selected["subtitles"] == b"look, the blue cross rotates!"
+
+    other = examples["shapes_b.0000"]  # no caption record: empty, and says so
+    assert (other["caption"], other["caption_source"]) == (b"", b"none")
+    assert other["max_running_lpips"] == -1.0
+    # shapes_b.vtt has lines at 3.4-5.5 s and 4.3-6.4 s; the clip starts at 6.0 s.
+    assert other["start"] == pytest.approx(6.0) and other["subtitles"] == b"look, the purple hexagon drops downward!"
+
+
+def test_frames_are_the_uniformly_sampled_clip_frames(local_build):
+    examples = _by_clip(TINY_LOCAL, local_build)
+    jpeg = tfds.features.Image(shape=(64, 64, 3), encoding_format="jpeg")  # as the builder stores frames
+    records = local_build / "panda70m_work" / "local_test" / "split" / "shapes_a" / "clips.jsonl"
+    clips = {c["clip_id"]: c for c in read_jsonl(records)}
+    for clip_id in ("shapes_a.0000", "shapes_a.0001"):
+        ex, clip = examples[clip_id], clips[clip_id]
+        assert ex["frames"].dtype == np.uint8 and ex["frames"].shape == (4, 64, 64, 3)
+        assert (ex["start"], ex["end"]) == pytest.approx((clip["start"], clip["end"]))
+        assert ex["fps"] == 24.0
+        indices = sample_indices(clip["start_frame"], clip["end_frame"], 4)
+        decoded = io.read_frames(DUMMY / "shapes_a.mp4", indices, size=(64, 64))
+        expected = [jpeg.decode_example_np(jpeg.encode_example(frame)) for frame in decoded]
+        np.testing.assert_array_equal(ex["frames"], expected)
+
+
+def test_unreadable_video_is_recorded_and_skipped(local_build):
+    (failure,) = read_jsonl(local_build / "panda70m_work" / "local_test" / "split" / "broken" / "failures.jsonl")
+    assert failure["video_id"] == "broken" and "CorruptVideoError" in failure["error"]
+    assert not any(k.startswith("broken") for k in _by_clip(TINY_LOCAL, local_build))
+
+
+def test_split_records_in_the_manual_dir_are_reused(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for name in ("shapes_a.mp4", "shapes_b.mp4", "shapes_b.vtt"):
+        shutil.copy(DUMMY / name, manual / name)
+    given = {"clip_id": "shapes_a.0000", "video_id": "shapes_a", "start": 1.0, "end": 3.0,
+             "start_frame": 24, "end_frame": 72, "shot_count": 1}
+    (manual / "split").mkdir()
+    (manual / "split" / "clips.jsonl").write_text(json.dumps(given) + "\n")
+    config = Panda70mConfig(name="local_reuse", source="local", num_frames=4, image_size=32)
+    data_dir = tmp_path / "tfds"
+    _build(config, data_dir, manual_dir=manual)
+    examples = _by_clip(config, data_dir)
+    assert sorted(examples) == ["shapes_a.0000", "shapes_b.0000"]  # shapes_a: the given clip only
+    assert (examples["shapes_a.0000"]["start"], examples["shapes_a.0000"]["end"]) == (1.0, 3.0)
+    assert examples["shapes_a.0000"]["title"] == b""  # no sidecar copied
+    splits = data_dir / "panda70m_work" / "local_reuse" / "split"
+    assert not (splits / "shapes_a").exists() and (splits / "shapes_b" / "clips.jsonl").exists()
+
+
+def test_tfds_load_reads_the_same_examples_as_data_source(local_build):
+    by_source = _by_clip(TINY_LOCAL, local_build)
+    # Frames as their stored JPEG bytes, decoded below the way the array_record reader does.
+    dataset = Builder(config=TINY_LOCAL, data_dir=str(local_build)).as_dataset(
+        split="train", decoders={"frames": tfds.decode.SkipDecoding()}
+    )
+    jpeg = tfds.features.Image(shape=(64, 64, 3), encoding_format="jpeg")
+    by_load = {ex["clip_id"].decode(): ex for ex in tfds.as_numpy(dataset)}
+    assert sorted(by_load) == sorted(by_source)
+    for clip_id, ex in by_load.items():
+        for key in ("caption", "caption_source", "title", "subtitles", "start", "end", "matching_score"):
+            assert ex[key] == by_source[clip_id][key], key
+        assert len(ex["frames"]) == 4
+        np.testing.assert_array_equal([jpeg.decode_example_np(b) for b in ex["frames"]], by_source[clip_id]["frames"])
+
+
+def test_beam_build_equals_single_process_build(tmp_path):
+    single, beam_dir = tmp_path / "single", tmp_path / "beam"
+    _build(TINY_SAMPLE, single)
+    # Same synthetic corpus for both (x264 output is not byte-reproducible); Beam splits again.
+    corpus = Path("panda70m_work") / "sample_test" / "synthetic"
+    shutil.copytree(single / corpus, beam_dir / corpus)
+    _build(TINY_SAMPLE, beam_dir, beam_workers=2)
+    assert (beam_dir / "panda70m_work" / "sample_test" / "split").is_dir()
+
+    a, b = _by_clip(TINY_SAMPLE, single), _by_clip(TINY_SAMPLE, beam_dir)
+    assert sorted(a) == sorted(b) and len(a) == 4
+    for clip_id in a:
+        assert set(a[clip_id]) == set(b[clip_id])
+        np.testing.assert_array_equal(a[clip_id]["frames"], b[clip_id]["frames"])
+        for key in a[clip_id]:
+            if key not in ("frames", "teacher_captions"):
+                assert a[clip_id][key] == b[clip_id][key], key
+
+    # Sample captions are the synthetic ground truth event that covers the clip.
+    records = {r["video_id"]: r for r in read_jsonl(single / corpus / "videos.jsonl")}
+    for clip_id, ex in a.items():
+        record = records[ex["video_id"].decode()]
+        middle = (ex["start"] + ex["end"]) / 2 * record["fps"]
+        (event,) = [e for e in record["gt_events"] if e["start_frame"] <= middle < e["end_frame"]]
+        assert ex["caption_source"] == b"synthetic_ground_truth"
+        assert ex["caption"].decode() == event["caption"]
+        assert ex["description"].decode() == record["description"]
+
+
+def _v2d_video(path: Path, seconds: float, fps: int = 10) -> None:
+    with io.VideoWriter(path, fps) as writer:
+        for i in range(round(seconds * fps)):
+            writer.write(np.full((64, 64, 3), (i * 6) % 250, np.uint8))
+
+
+def test_official_csv_is_joined_and_bad_rows_skipped(tmp_path):
+    manual = tmp_path / "manual"
+    (manual / "00000").mkdir(parents=True)
+    url = "https://www.youtube.com/watch?v={}".format
+    with (manual / "panda70m_testing.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["videoID", "url", "timestamp", "caption", "matching_score"])
+        writer.writeheader()
+        writer.writerow({"videoID": "vid", "url": url("vid"),
+                         "timestamp": repr([["0:00:00.000", "0:00:01.500"], ["0:00:02.000", "0:00:03.000"]]),
+                         "caption": repr(["a gray fade", "a lighter gray"]), "matching_score": repr([0.5, 0.25])})
+        # malformed: two timestamps, one caption
+        writer.writerow({"videoID": "bad", "url": url("bad"), "timestamp": repr([["0:00:00.000", "0:00:01.000"]] * 2),
+                         "caption": repr(["x"]), "matching_score": repr([0.1, 0.2])})
+        # never downloaded
+        writer.writerow({"videoID": "gone", "url": url("gone"), "timestamp": repr([["0:00:00.000", "0:00:01.000"]]),
+                         "caption": repr(["y"]), "matching_score": repr([0.3])})
+    (manual / "00000" / "000000000.json").write_text(json.dumps({"key": "000000000", "url": url("vid"), "status": "success"}))
+    _v2d_video(manual / "00000" / "000000000.mp4", 4.0)
+
+    config = Panda70mConfig(name="official_test", source="official", num_frames=4, image_size=32)
+    _build(config, tmp_path / "tfds", manual_dir=manual)
+    examples = _by_clip(config, tmp_path / "tfds")
+    assert sorted(examples) == ["vid.0000", "vid.0001"]
+    second = examples["vid.0001"]
+    assert (second["caption"], second["caption_source"]) == (b"a lighter gray", b"official")
+    assert second["matching_score"] == 0.25 and (second["start"], second["end"]) == (2.0, 3.0)
+    # Frames 20..29 of a ramp of 6 gray levels per frame: sampled 21, 23, 26, 28.
+    np.testing.assert_allclose(second["frames"].mean(axis=(1, 2, 3)), [126, 138, 156, 168], atol=4)
+
+
+def test_subtitles_parse_srt_and_vtt():
+    srt = "1\n00:00:01,000 --> 00:00:02,500\nHello <i>there</i>\nfriend\n\n2\n00:01:00,000 --> 00:01:01,000\nBye\n"
+    assert parse_subtitles(srt) == [
+        {"start": 1.0, "end": 2.5, "text": "Hello there friend"},
+        {"start": 60.0, "end": 61.0, "text": "Bye"},
+    ]
+    vtt = "WEBVTT\n\nNOTE made by hand\n\n00:03.000 --> 00:04.000 align:start\nshort form\n"
+    assert parse_subtitles(vtt) == [{"start": 3.0, "end": 4.0, "text": "short form"}]
+    lines = parse_subtitles(srt)
+    assert overlapping_text(lines, 2.0, 70.0) == "Hello there friend Bye"
+    assert overlapping_text(lines, 2.5, 60.0) == ""
+    with pytest.raises(SubtitleError, match="ends"):
+        parse_subtitles("00:00:05,000 --> 00:00:04,000\nbackwards\n", "x.srt")
