@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +145,33 @@ def test_tfds_load_reads_the_same_examples_as_data_source(local_build):
             assert ex[key] == by_source[clip_id][key], key
         assert len(ex["frames"]) == 4
         np.testing.assert_array_equal([jpeg.decode_example_np(b) for b in ex["frames"]], by_source[clip_id]["frames"])
+
+
+@pytest.mark.media
+@pytest.mark.slow
+def test_tfds_cli_without_config_builds_the_sample(tmp_path, test_clip):
+    test_clip("city")  # the sample includes it; fetched into the cache beforehand
+    repo = Path(__file__).resolve().parents[1]
+    tfds_cli = Path(sys.executable).with_name("tfds")
+    result = subprocess.run(
+        [str(tfds_cli), "build", "panda70m", "--imports", "tfds_builders", "--data_dir", str(tmp_path)],
+        cwd=repo, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "panda70m").iterdir() if p.is_dir() and not p.name.startswith(".")) == ["sample"]
+    source = tfds.data_source("panda70m", data_dir=str(tmp_path))["train"]
+    clips = [source[i] for i in range(len(source))]
+    assert {c["video_id"].decode() for c in clips} >= {"cityCC0"}
+    assert all(c["frames"].shape == (16, 224, 224, 3) for c in clips)
+    assert all(c["caption_source"] == b"synthetic_ground_truth" for c in clips if c["video_id"] != b"cityCC0")
+    assert len({c["video_id"] for c in clips}) == 5  # 4 synthetic videos and the real clip
+
+
+def test_manual_dir_configs_are_found_by_name():
+    assert Builder(config="local").builder_config.source == "local"
+    assert Builder(config="official").builder_config.source == "official"
+    with pytest.raises(ValueError, match="not found"):
+        Builder(config="nonexistent")
 
 
 def test_beam_build_equals_single_process_build(tmp_path):

@@ -6,7 +6,7 @@
     tfds build panda70m --imports tfds_builders --config sample \
         --beam_pipeline_options=runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing
 
-(Without `--config` the CLI builds every config in turn; see launch/README.md.) Every video
+Without `--config` the CLI builds `sample`, the only config needing no manual dir. Every video
 without split records is split with `panda_jax.split.run` (the function behind `python -m
 panda_jax.split`); its stage records go to `<data_dir>/panda70m_work/<config>/`, so a rebuild
 reuses them. Frames are sampled uniformly over each clip and resized without crop. The build
@@ -358,20 +358,29 @@ class FrameImage(tfds.features.Image):
         return np.stack(list(super().decode_batch_example_np(batch)))
 
 
+SAMPLE_CONFIG = Panda70mConfig(name="sample", description="Synthetic corpus + cityCC0.mpg, built offline in minutes.")
+MANUAL_DIR_CONFIGS = {
+    "local": Panda70mConfig(name="local", source="local", description="Your videos and metadata from the manual dir."),
+    "official": Panda70mConfig(
+        name="official", source="official", description="The official Panda-70M CSV joined with downloaded clips."
+    ),
+}
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Panda-70M-style captioned clips made by the panda-jax stages."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Split by panda_jax.split; captions from ground truth or manual records."}
-    BUILDER_CONFIGS = [
-        Panda70mConfig(name="sample", description="Synthetic corpus + cityCC0.mpg, built offline in minutes."),
-        Panda70mConfig(name="local", source="local", description="Your videos and metadata from the manual dir."),
-        Panda70mConfig(
-            name="official", source="official", description="The official Panda-70M CSV joined with downloaded clips."
-        ),
-    ]
+    # `tfds build panda70m` without `--config` builds every config listed here, and only `sample`
+    # builds without a manual dir; `local` and `official` are found by name (get_builder_config).
+    BUILDER_CONFIGS = [SAMPLE_CONFIG]
     DEFAULT_CONFIG_NAME = "sample"
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
+
+    @classmethod
+    def get_builder_config(cls, name: str, version: str | tfds.core.Version | None = None) -> tfds.core.BuilderConfig | None:
+        return super().get_builder_config(name, version) or MANUAL_DIR_CONFIGS.get(name)
 
     def _info(self) -> tfds.core.DatasetInfo:
         config: Panda70mConfig = self.builder_config
