@@ -20,6 +20,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from panda_jax.data import testmedia
+from lpips_weights import random_heads, torchvision_like_alexnet
 from panda_jax.models import CheckpointError, lpips
 
 torch = pytest.importorskip("torch")
@@ -162,28 +163,8 @@ def test_rejects_bad_inputs():
         model(np.zeros((1, 64, 64, 3)), np.zeros((2, 64, 64, 3)))
 
 
-def _torchvision_like_state(seed: int = 0) -> dict[str, np.ndarray]:
-    """Random tensors named and shaped like a torchvision AlexNet's `features`, plus a classifier tensor."""
-    rng = np.random.default_rng(seed)
-    shapes = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3), 10: (256, 256, 3, 3)}
-    state = {}
-    for index, shape in shapes.items():
-        state[f"features.{index}.weight"] = rng.normal(0, 0.05, shape).astype(np.float32)
-        state[f"features.{index}.bias"] = rng.normal(0, 0.05, shape[:1]).astype(np.float32)
-    state["classifier.6.bias"] = np.zeros(1000, np.float32)  # accepted and ignored
-    return state
-
-
-def _heads_state(seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        f"lin{i}.model.1.weight": rng.uniform(0, 0.1, (1, c, 1, 1)).astype(np.float32)
-        for i, c in enumerate(lpips.CHANNELS)
-    }
-
-
 def test_loader_maps_torch_layout(tmp_path):
-    alexnet, heads = _torchvision_like_state(), _heads_state()
+    alexnet, heads = torchvision_like_alexnet(), random_heads()
     save_file(alexnet, str(tmp_path / "alexnet.safetensors"))
     save_file(heads, str(tmp_path / "heads.safetensors"))
     model = lpips.load(tmp_path / "alexnet.safetensors", tmp_path / "heads.safetensors")
@@ -203,7 +184,7 @@ def test_loader_maps_torch_layout(tmp_path):
     ],
 )  # fmt: skip
 def test_loader_names_bad_backbone_tensors(tmp_path, edit, message):
-    state = _torchvision_like_state()
+    state = torchvision_like_alexnet()
     edit(state)
     save_file(state, str(tmp_path / "alexnet.safetensors"))
     model = lpips.LPIPS(rngs=nnx.Rngs(0))
@@ -213,12 +194,12 @@ def test_loader_names_bad_backbone_tensors(tmp_path, edit, message):
 
 def test_loader_refuses_negative_or_missing_heads(tmp_path):
     model = lpips.LPIPS(rngs=nnx.Rngs(0))
-    heads = _heads_state()
+    heads = random_heads()
     heads["lin1.model.1.weight"][0, 5] = -0.1
     save_file(heads, str(tmp_path / "negative.safetensors"))
     with pytest.raises(CheckpointError, match="non-negative.*lin1.model.1.weight"):
         lpips.load_heads(model, tmp_path / "negative.safetensors")
-    heads = _heads_state()
+    heads = random_heads()
     del heads["lin4.model.1.weight"]
     save_file(heads, str(tmp_path / "four.safetensors"))
     with pytest.raises(CheckpointError, match="missing tensors: lin4.model.1.weight"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -14,9 +15,11 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
+from lpips_weights import write_random_lpips  # noqa: E402
 from panda_jax.data.records import read_jsonl  # noqa: E402
 from panda_jax.data.subtitles import SubtitleError, overlapping_text, parse_subtitles  # noqa: E402
-from panda_jax.video import io  # noqa: E402
+from panda_jax.models import lpips  # noqa: E402
+from panda_jax.video import io, metrics  # noqa: E402
 from tfds_builders.panda70m import Builder, Panda70mConfig  # noqa: E402
 from tfds_builders.panda70m.panda70m_dataset_builder import sample_indices  # noqa: E402
 from tfds_builders.panda70m.panda70m_dataset_builder_test import Panda70mLocalTest  # noqa: E402,F401
@@ -103,6 +106,27 @@ def test_frames_are_the_uniformly_sampled_clip_frames(local_build):
         decoded = io.read_frames(DUMMY / "shapes_a.mp4", indices, size=(64, 64))
         expected = [jpeg.decode_example_np(jpeg.encode_example(frame)) for frame in decoded]
         np.testing.assert_array_equal(ex["frames"], expected)
+
+
+def test_split_quality_is_max_running_lpips_of_each_clip(tmp_path):
+    alexnet, heads = write_random_lpips(tmp_path)
+    config = dataclasses.replace(TINY_LOCAL, name="local_lpips", lpips_alexnet=str(alexnet), lpips_heads=str(heads))
+    _build(config, tmp_path / "tfds", manual_dir=DUMMY)
+    examples = _by_clip(config, tmp_path / "tfds")
+    model = lpips.load(alexnet, heads)
+    for video in ("shapes_a", "shapes_b"):
+        records = tmp_path / "tfds" / "panda70m_work" / "local_lpips" / "split" / video / "clips.jsonl"
+        clips = list(read_jsonl(records))
+        expected = metrics.max_running_lpips(DUMMY / f"{video}.mp4", clips, model).scores
+        for clip, score in zip(clips, expected, strict=True):
+            assert score is not None and score > 0
+            assert examples[clip["clip_id"]]["max_running_lpips"] == pytest.approx(score, rel=1e-5)
+
+
+def test_split_quality_needs_both_lpips_files(tmp_path):
+    config = dataclasses.replace(TINY_LOCAL, name="local_half_lpips", lpips_alexnet=str(tmp_path / "alexnet.safetensors"))
+    with pytest.raises(ValueError, match="both lpips_alexnet and lpips_heads"):
+        _build(config, tmp_path / "tfds", manual_dir=DUMMY)
 
 
 def test_unreadable_video_is_recorded_and_skipped(local_build):

@@ -16,7 +16,9 @@ writes tfrecord shards (read by `tfds.load`) and converts them in place to array
 Until the caption teachers exist, captions come from the synthetic ground truth (`sample`),
 from `captions.jsonl` / `selection.jsonl` records in the manual dir (`local`) or from the
 official CSV (`official`, whose clips are cut already and are not split again); the feature
-`caption_source` says which. Under Beam, one video is one unit of parallel work.
+`caption_source` says which. Split quality (`max_running_lpips`) is computed when the config
+names LPIPS weights (`lpips_alexnet`, `lpips_heads`), else taken from the split records or left
+at -1. Under Beam, one video is one unit of parallel work.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import tensorflow_datasets as tfds
 from panda_jax import split
 from panda_jax.data.records import read_jsonl
 from panda_jax.data.subtitles import SubtitleError, overlapping_text, read_subtitles
-from panda_jax.video import io
+from panda_jax.models import lpips
+from panda_jax.video import io, metrics
 from panda_jax.video.sampling import uniform_indices
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,10 @@ class Panda70mConfig(tfds.core.BuilderConfig):
     sample_duration: float = 10.0
     sample_seed: int = 0
     sample_include_city: bool = True  # adds the real CC0 clip cityCC0.mpg (Kivy examples)
+    # Split quality: with both files (a torchvision AlexNet state dict and the lpips v0.1 heads,
+    # .safetensors or .pth), every clip gets its Max Running LPIPS; otherwise it stays -1.
+    lpips_alexnet: str = ""
+    lpips_heads: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +113,7 @@ class BuildSettings:
     detector: str
     preset: str
     captions: ClipCaptions = dataclasses.field(default_factory=ClipCaptions)
+    lpips_weights: tuple[str, str] | None = None  # (AlexNet, heads) paths
 
 
 def sample_indices(start_frame: int, end_frame: int, num_frames: int) -> list[int]:
@@ -174,6 +182,23 @@ def _frame_span(clip: dict[str, Any], fps: float) -> tuple[int, int]:
     return start, max(round(clip["file_end"] * fps), start + 1)
 
 
+@functools.cache
+def _lpips_model(alexnet: str, heads: str) -> lpips.LPIPS:
+    """Loaded once per process (each Beam worker loads its own)."""
+    return lpips.load(alexnet, heads)
+
+
+def _split_quality(job: VideoJob, clips: list[dict[str, Any]], settings: BuildSettings) -> list[float]:
+    """Max Running LPIPS of each clip; UNKNOWN where not computed."""
+    if settings.lpips_weights is None:
+        return [UNKNOWN] * len(clips)
+    model = _lpips_model(*settings.lpips_weights)
+    # Official clips are files of their own: their times in the file are file_start / file_end.
+    spans = [(c.get("file_start", c["start"]), c.get("file_end", c["end"])) for c in clips]
+    scores = metrics.max_running_lpips(job.path, spans, model).scores
+    return [UNKNOWN if score is None else score for score in scores]
+
+
 def video_examples(job: VideoJob, settings: BuildSettings) -> list[tuple[str, dict[str, Any]]]:
     """All (key, example) pairs of one video; [] when it cannot be split or decoded."""
     clips = list(job.clips) if job.clips is not None else _split_clips(job, settings)
@@ -181,8 +206,10 @@ def video_examples(job: VideoJob, settings: BuildSettings) -> list[tuple[str, di
         return []
     try:
         fps = io.probe(job.path).fps
-        indices = [i for c in clips for i in sample_indices(*_frame_span(c, fps), settings.num_frames)]
+        spans = [_frame_span(c, fps) for c in clips]
+        indices = [i for span in spans for i in sample_indices(*span, settings.num_frames)]
         frames = io.read_frames(job.path, indices, size=(settings.image_size, settings.image_size))
+        quality = _split_quality(job, clips, settings)
     except (io.VideoError, OSError) as e:
         log.warning("skipping %s: cannot decode its frames (%s)", job.path, e)
         return []
@@ -199,7 +226,7 @@ def video_examples(job: VideoJob, settings: BuildSettings) -> list[tuple[str, di
             "title": job.title,
             "description": job.description,
             "subtitles": overlapping_text(job.subtitles, start, end),
-            "max_running_lpips": np.float32(clip.get("max_running_lpips", UNKNOWN)),
+            "max_running_lpips": np.float32(clip.get("max_running_lpips", quality[n])),
         }
         example |= _captions(job, clip, settings.captions)
         examples.append((clip["clip_id"], example))
@@ -367,6 +394,20 @@ MANUAL_DIR_CONFIGS = {
 }
 
 
+def _lpips_weights(config: Panda70mConfig) -> tuple[str, str] | None:
+    if bool(config.lpips_alexnet) != bool(config.lpips_heads):
+        raise ValueError(
+            f"config {config.name!r}: split quality needs both lpips_alexnet and lpips_heads "
+            f"(got {config.lpips_alexnet!r} and {config.lpips_heads!r}); set both or neither"
+        )
+    if not config.lpips_alexnet:
+        return None
+    for path in (config.lpips_alexnet, config.lpips_heads):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config {config.name!r}: LPIPS weights {path} not found")
+    return (config.lpips_alexnet, config.lpips_heads)
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Panda-70M-style captioned clips made by the panda-jax stages."""
 
@@ -435,7 +476,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             raise ValueError(f"config {config.name!r} has unknown source {config.source!r}; use sample, local or official")
         settings = BuildSettings(
             work_dir=str(work_dir), num_frames=config.num_frames, image_size=config.image_size,
-            detector=config.detector, preset=config.preset, captions=captions,
+            detector=config.detector, preset=config.preset, captions=captions, lpips_weights=_lpips_weights(config),
         )
         log.info("panda70m/%s: %d videos, stage records in %s", config.name, len(jobs), work_dir)
         return {"train": self._generate_examples(jobs, settings)}
