@@ -16,6 +16,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from lpips_weights import write_random_lpips  # noqa: E402
+from panda_jax.data import pipeline  # noqa: E402
 from panda_jax.data.records import read_jsonl  # noqa: E402
 from panda_jax.data.subtitles import SubtitleError, overlapping_text, parse_subtitles  # noqa: E402
 from panda_jax.models import lpips  # noqa: E402
@@ -127,6 +128,21 @@ def test_split_quality_needs_both_lpips_files(tmp_path):
     config = dataclasses.replace(TINY_LOCAL, name="local_half_lpips", lpips_alexnet=str(tmp_path / "alexnet.safetensors"))
     with pytest.raises(ValueError, match="both lpips_alexnet and lpips_heads"):
         _build(config, tmp_path / "tfds", manual_dir=DUMMY)
+
+
+def test_grain_pipeline_reads_the_built_dataset(local_build):
+    source = tfds.data_source("panda70m/local_test", split="train", data_dir=str(local_build))
+    stored = {ex["clip_id"]: ex["frames"] for ex in source}
+    eval_batches = list(pipeline.make_dataset(source, train=False, batch_size=2, num_frames=2, image_size=32))
+    assert [len(b["clip_id"]) for b in eval_batches] == [2, 1]
+    mean, std = np.float32(pipeline.CLIP_MEAN) * 255, np.float32(pipeline.CLIP_STD) * 255
+    for batch in eval_batches:
+        for clip_id, frames in zip(batch["clip_id"], batch["frames"], strict=True):
+            expected = pipeline.resize_frames(stored[clip_id][[1, 3]], 32)  # middles of 2 segments of 4
+            np.testing.assert_allclose(frames, (expected - mean) / std, rtol=1e-6)
+    train = iter(pipeline.make_dataset(source, train=True, batch_size=2, num_frames=2, image_size=32, seed=3))
+    batch = next(train)
+    assert batch["frames"].shape == (2, 2, 32, 32, 3) and set(batch["clip_id"]) <= set(stored)
 
 
 def test_unreadable_video_is_recorded_and_skipped(local_build):
