@@ -23,9 +23,8 @@ from panda_jax.models import lpips  # noqa: E402
 from panda_jax.video import io, metrics  # noqa: E402
 from tfds_builders.panda70m import Builder, Panda70mConfig  # noqa: E402
 from tfds_builders.panda70m.panda70m_dataset_builder import sample_indices  # noqa: E402
-from tfds_builders.panda70m.panda70m_dataset_builder_test import Panda70mLocalTest  # noqa: E402,F401
+from tfds_builders.panda70m.panda70m_dataset_builder_test import Panda70mLocalTest, make_manual_dir  # noqa: E402,F401
 
-DUMMY = Path(__file__).resolve().parents[1] / "tfds_builders" / "panda70m" / "dummy_data"
 TINY_LOCAL = Panda70mConfig(name="local_test", source="local", num_frames=4, image_size=64)
 TINY_SAMPLE = Panda70mConfig(
     name="sample_test", num_frames=4, image_size=48, sample_videos=3, sample_video_size=64, sample_duration=10.0,
@@ -55,9 +54,15 @@ def _by_clip(config: Panda70mConfig, data_dir: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def local_build(tmp_path_factory) -> Path:
+def dummy(tmp_path_factory) -> Path:
+    """The tiny `local` manual dir of the TFDS builder test: 2 rendered videos and a broken one."""
+    return make_manual_dir(tmp_path_factory.mktemp("manual"))
+
+
+@pytest.fixture(scope="module")
+def local_build(tmp_path_factory, dummy) -> Path:
     data_dir = tmp_path_factory.mktemp("tfds")
-    _build(TINY_LOCAL, data_dir, manual_dir=DUMMY)
+    _build(TINY_LOCAL, data_dir, manual_dir=dummy)
     return data_dir
 
 
@@ -93,7 +98,7 @@ def test_local_examples_carry_captions_metadata_and_subtitles(local_build):
     assert other["start"] == pytest.approx(6.0) and other["subtitles"] == b"look, the purple hexagon drops downward!"
 
 
-def test_frames_are_the_uniformly_sampled_clip_frames(local_build):
+def test_frames_are_the_uniformly_sampled_clip_frames(local_build, dummy):
     examples = _by_clip(TINY_LOCAL, local_build)
     jpeg = tfds.features.Image(shape=(64, 64, 3), encoding_format="jpeg")  # as the builder stores frames
     records = local_build / "panda70m_work" / "local_test" / "split" / "shapes_a" / "clips.jsonl"
@@ -104,30 +109,30 @@ def test_frames_are_the_uniformly_sampled_clip_frames(local_build):
         assert (ex["start"], ex["end"]) == pytest.approx((clip["start"], clip["end"]))
         assert ex["fps"] == 24.0
         indices = sample_indices(clip["start_frame"], clip["end_frame"], 4)
-        decoded = io.read_frames(DUMMY / "shapes_a.mp4", indices, size=(64, 64))
+        decoded = io.read_frames(dummy / "shapes_a.mp4", indices, size=(64, 64))
         expected = [jpeg.decode_example_np(jpeg.encode_example(frame)) for frame in decoded]
         np.testing.assert_array_equal(ex["frames"], expected)
 
 
-def test_split_quality_is_max_running_lpips_of_each_clip(tmp_path):
+def test_split_quality_is_max_running_lpips_of_each_clip(tmp_path, dummy):
     alexnet, heads = write_random_lpips(tmp_path)
     config = dataclasses.replace(TINY_LOCAL, name="local_lpips", lpips_alexnet=str(alexnet), lpips_heads=str(heads))
-    _build(config, tmp_path / "tfds", manual_dir=DUMMY)
+    _build(config, tmp_path / "tfds", manual_dir=dummy)
     examples = _by_clip(config, tmp_path / "tfds")
     model = lpips.load(alexnet, heads)
     for video in ("shapes_a", "shapes_b"):
         records = tmp_path / "tfds" / "panda70m_work" / "local_lpips" / "split" / video / "clips.jsonl"
         clips = list(read_jsonl(records))
-        expected = metrics.max_running_lpips(DUMMY / f"{video}.mp4", clips, model).scores
+        expected = metrics.max_running_lpips(dummy / f"{video}.mp4", clips, model).scores
         for clip, score in zip(clips, expected, strict=True):
             assert score is not None and score > 0
             assert examples[clip["clip_id"]]["max_running_lpips"] == pytest.approx(score, rel=1e-5)
 
 
-def test_split_quality_needs_both_lpips_files(tmp_path):
+def test_split_quality_needs_both_lpips_files(tmp_path, dummy):
     config = dataclasses.replace(TINY_LOCAL, name="local_half_lpips", lpips_alexnet=str(tmp_path / "alexnet.safetensors"))
     with pytest.raises(ValueError, match="both lpips_alexnet and lpips_heads"):
-        _build(config, tmp_path / "tfds", manual_dir=DUMMY)
+        _build(config, tmp_path / "tfds", manual_dir=dummy)
 
 
 def test_grain_pipeline_reads_the_built_dataset(local_build):
@@ -151,11 +156,11 @@ def test_unreadable_video_is_recorded_and_skipped(local_build):
     assert not any(k.startswith("broken") for k in _by_clip(TINY_LOCAL, local_build))
 
 
-def test_split_records_in_the_manual_dir_are_reused(tmp_path):
+def test_split_records_in_the_manual_dir_are_reused(tmp_path, dummy):
     manual = tmp_path / "manual"
     manual.mkdir()
     for name in ("shapes_a.mp4", "shapes_b.mp4", "shapes_b.vtt"):
-        shutil.copy(DUMMY / name, manual / name)
+        shutil.copy(dummy / name, manual / name)
     given = {"clip_id": "shapes_a.0000", "video_id": "shapes_a", "start": 1.0, "end": 3.0,
              "start_frame": 24, "end_frame": 72, "shot_count": 1}
     (manual / "split").mkdir()
