@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from panda_jax import split
+from panda_jax.data import official, synthetic, testmedia
 from panda_jax.data.records import read_jsonl
 from panda_jax.data.subtitles import SubtitleError, overlapping_text, read_subtitles
 from panda_jax.models import lpips
@@ -311,8 +312,6 @@ def official_jobs(manual_dir: Path) -> list[VideoJob]:
 
     Missing, failed and malformed clips are counted by `official.join`, logged and skipped.
     """
-    from panda_jax.data import official
-
     csvs = sorted(manual_dir.glob("*.csv"))
     if len(csvs) != 1:
         raise FileNotFoundError(
@@ -345,8 +344,6 @@ def official_jobs(manual_dir: Path) -> list[VideoJob]:
 
 def sample_jobs(config: Panda70mConfig, work_dir: Path) -> list[VideoJob]:
     """Generates (or reuses) the synthetic corpus and adds cityCC0.mpg."""
-    from panda_jax.data import synthetic, testmedia
-
     corpus = work_dir / "synthetic"
     records_file = corpus / "videos.jsonl"
     records = list(read_jsonl(records_file)) if records_file.exists() else []
