@@ -25,6 +25,16 @@ def randomized(model, seed: int = 0, scale: float = 0.2):
     return model.eval()
 
 
+def save_reference(model_class, directory: Path, config, **save_kwargs):
+    """A transformers `model_class(config)` with seed-0 weights, in eval mode, saved to `directory`."""
+    import torch
+
+    torch.manual_seed(0)
+    reference = model_class(config).eval()
+    reference.save_pretrained(directory, **save_kwargs)
+    return reference
+
+
 def broken_copy(directory: Path, destination: Path, change: Callable[[dict[str, np.ndarray]], object]) -> Path:
     """A copy of the single-file checkpoint in `directory` with its tensors edited by `change`."""
     shutil.copy(directory / "config.json", destination / "config.json")

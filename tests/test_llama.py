@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hf_reference import broken_copy
+from hf_reference import broken_copy, save_reference
 from panda_jax.models import CheckpointError, checkpoint, generation, llama, sharding
 
 torch = pytest.importorskip("torch")
@@ -56,12 +56,6 @@ def tiny_config(**overrides) -> transformers.LlamaConfig:
     return transformers.LlamaConfig(**(fields | overrides))
 
 
-def save_reference(directory: Path, config: transformers.LlamaConfig, **save_kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
-    reference = transformers.LlamaForCausalLM(config).eval()
-    reference.save_pretrained(directory, **save_kwargs)
-    return reference
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -72,7 +66,7 @@ def tokenizer():
 def gqa(tmp_path_factory, tokenizer):
     """A GQA checkpoint with its tokenizer: (directory, transformers model, our model)."""
     directory = tmp_path_factory.mktemp("llama_gqa")
-    reference = save_reference(directory, tiny_config())
+    reference = save_reference(transformers.LlamaForCausalLM, directory, tiny_config())
     tokenizer.save_pretrained(directory)
     return directory, reference, llama.load(directory)
 
@@ -118,7 +112,7 @@ def test_llama_gqa_logits_match_transformers_with_left_padding(gqa, batch):
     ids=["tied_biases_linear_rope", "multi_query_llama3_rope"],
 )  # fmt: skip
 def test_llama_variant_logits_match_transformers(tmp_path, batch, overrides):
-    reference = save_reference(tmp_path, tiny_config(**overrides))
+    reference = save_reference(transformers.LlamaForCausalLM, tmp_path, tiny_config(**overrides))
     model = llama.load(tmp_path)
     assert (model.lm_head is None) == bool(overrides.get("tie_word_embeddings"))
     input_ids, attention_mask = batch

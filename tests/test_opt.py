@@ -12,6 +12,7 @@ import pytest
 import torch
 from flax import nnx
 
+from hf_reference import save_reference
 from panda_jax.models import CheckpointError, checkpoint, opt, sharding
 
 transformers = pytest.importorskip("transformers")
@@ -61,12 +62,6 @@ def tiny_config(vocab_size: int, **overrides) -> transformers.OPTConfig:
     return transformers.OPTConfig(**(fields | overrides))
 
 
-def save_reference(directory: Path, config: transformers.OPTConfig, **save_kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
-    reference = transformers.OPTForCausalLM(config).eval()
-    reference.save_pretrained(directory, **save_kwargs)
-    return reference
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -84,7 +79,7 @@ def batch(tokenizer) -> tuple[np.ndarray, np.ndarray]:
 def checkpoint_dir(tmp_path_factory, tokenizer) -> tuple[Path, torch.nn.Module]:
     """An OPT checkpoint (pre-LN, tied head) with its tokenizer: (directory, transformers model)."""
     directory = tmp_path_factory.mktemp("opt")
-    reference = save_reference(directory, tiny_config(len(tokenizer)))
+    reference = save_reference(transformers.OPTForCausalLM, directory, tiny_config(len(tokenizer)))
     tokenizer.save_pretrained(directory)
     return directory, reference
 
@@ -146,7 +141,7 @@ def test_opt_350m_layout_matches_transformers(tmp_path, tokenizer, batch):
     """opt-350m's layout: LayerNorm after each sub-block, no final norm, embeddings projected in and out
     (project_in/out); and an untied head."""
     config = tiny_config(len(tokenizer), do_layer_norm_before=False, word_embed_proj_dim=16, tie_word_embeddings=False)
-    reference = save_reference(tmp_path, config)
+    reference = save_reference(transformers.OPTForCausalLM, tmp_path, config)
     model = opt.load(tmp_path)
     assert model.project_in is not None and model.final_layer_norm is None and model.lm_head is not None
     input_ids, attention_mask = batch

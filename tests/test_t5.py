@@ -15,6 +15,7 @@ import torch
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from hf_reference import save_reference
 from panda_jax.models import CheckpointError, checkpoint, generation, sharding, t5
 
 transformers = pytest.importorskip("transformers")
@@ -67,12 +68,6 @@ def tiny_config(**overrides) -> transformers.T5Config:
     return transformers.T5Config(**(fields | overrides))
 
 
-def save_reference(directory: Path, config: transformers.T5Config, **save_kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
-    reference = transformers.T5ForConditionalGeneration(config).eval()
-    reference.save_pretrained(directory, **save_kwargs)
-    return reference
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -103,7 +98,7 @@ def checkpoint_dir(tmp_path_factory, tokenizer) -> tuple[Path, torch.nn.Module]:
     random head also keeps the tiny model from just repeating its input token.)
     """
     directory = tmp_path_factory.mktemp("t5")
-    save_reference(directory, tiny_config())
+    save_reference(transformers.T5ForConditionalGeneration, directory, tiny_config())
     tensors = load_file(directory / checkpoint.WEIGHTS_NAME)
     assert "lm_head.weight" not in tensors
     tensors["lm_head.weight"] = np.random.default_rng(0).normal(size=tensors["shared.weight"].shape).astype(np.float32)
@@ -165,7 +160,7 @@ def test_t5_tied_head_layouts_match_transformers(tmp_path, batch, overrides):
     """Checkpoints without `lm_head.weight` project with the embeddings: as transformers 5 saves Flan-T5
     (no output scaling), and the original T5 (ReLU MLP, decoder output scaled by d_model ** -0.5)."""
     config = tiny_config(**overrides)
-    reference = save_reference(tmp_path, config)
+    reference = save_reference(transformers.T5ForConditionalGeneration, tmp_path, config)
     model = t5.load(tmp_path)
     assert model.lm_head is None and model.config.scale_decoder_outputs == config.scale_decoder_outputs
     logits = model(batch[0], attention_mask=batch[1], decoder_input_ids=batch[2])
