@@ -37,7 +37,7 @@ from flax import nnx
 
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
-from panda_jax.models.layers import ACTIVATIONS, fused_self_attention, layer_norm
+from panda_jax.models.layers import ACTIVATIONS, embedding, fused_self_attention, layer_norm
 from panda_jax.models.sharding import logical
 
 MODEL_TYPES = ("clip",)
@@ -225,10 +225,7 @@ class CLIPVisionTower(nnx.Module):
         patch_init = logical(_init, "channels", "patch", "patch", "embed")
         self.patch_kernel = nnx.Param(patch_init(rngs.params(), (config.num_channels, p, p, width), jnp.float32))
         self.class_embedding = nnx.Param(logical(_zeros, "embed")(rngs.params(), (width,), jnp.float32))
-        self.position_embedding = nnx.Embed(
-            config.grid**2 + 1, width, param_dtype=jnp.float32,
-            embedding_init=logical(_init, "positions", "embed"), rngs=rngs,
-        )  # fmt: skip
+        self.position_embedding = embedding(config.grid**2 + 1, width, ("positions", "embed"), init=_init, rngs=rngs)
         self.pre_layrnorm = layer_norm(width, config.layer_norm_eps, rngs=rngs)
         self.encoder = CLIPEncoder(config, dtype=dtype, rngs=rngs)
         self.post_layernorm = layer_norm(width, config.layer_norm_eps, rngs=rngs)
@@ -266,14 +263,10 @@ class CLIPTextTower(nnx.Module):
     def __init__(self, config: CLIPTextConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
         self.config = config
         width = config.hidden_size
-        self.token_embedding = nnx.Embed(
-            config.vocab_size, width, param_dtype=jnp.float32,
-            embedding_init=logical(_init, "vocab", "embed"), rngs=rngs,
-        )  # fmt: skip
-        self.position_embedding = nnx.Embed(
-            config.max_position_embeddings, width, param_dtype=jnp.float32,
-            embedding_init=logical(_init, "positions", "embed"), rngs=rngs,
-        )  # fmt: skip
+        self.token_embedding = embedding(config.vocab_size, width, ("vocab", "embed"), init=_init, rngs=rngs)
+        self.position_embedding = embedding(
+            config.max_position_embeddings, width, ("positions", "embed"), init=_init, rngs=rngs
+        )
         self.encoder = CLIPEncoder(config, dtype=dtype, rngs=rngs)
         self.final_layer_norm = layer_norm(width, config.layer_norm_eps, rngs=rngs)
 

@@ -52,6 +52,25 @@ def linear(
     )  # fmt: skip
 
 
+def embedding(
+    num_embeddings: int,
+    features: int,
+    axes: tuple[str, str],
+    *,
+    rngs: nnx.Rngs,
+    dtype: Any = None,
+    init: nnx.Initializer = nnx.initializers.normal(0.02),
+) -> nnx.Embed:
+    """An embedding table with float32 parameters and axes named `axes` (rows, features).
+
+    `dtype` is the dtype of looked-up vectors (None: float32, for tables added to float32 sums).
+    """
+    return nnx.Embed(
+        num_embeddings, features, dtype=dtype, param_dtype=jnp.float32,
+        embedding_init=logical(init, *axes), rngs=rngs,
+    )  # fmt: skip
+
+
 def layer_norm(features: int, epsilon: float, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """torch's LayerNorm (exact variance), computed in float32 whatever the compute dtype."""
     return nnx.LayerNorm(

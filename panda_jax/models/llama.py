@@ -35,8 +35,7 @@ from flax import nnx
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
 from panda_jax.models.generation import KVCache, causal_mask, init_kv_cache, write_kv
-from panda_jax.models.layers import ACTIVATIONS, activation, linear, rms_norm
-from panda_jax.models.sharding import logical
+from panda_jax.models.layers import ACTIVATIONS, activation, embedding, linear, rms_norm
 
 MODEL_TYPES = ("llama",)
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -220,14 +219,7 @@ class LlamaForCausalLM(nnx.Module):
     def __init__(self, config: LlamaConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
         self.config = config
         self.dtype = dtype
-        self.embed_tokens = nnx.Embed(
-            config.vocab_size,
-            config.hidden_size,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            embedding_init=logical(nnx.initializers.normal(0.02), "vocab", "embed"),
-            rngs=rngs,
-        )
+        self.embed_tokens = embedding(config.vocab_size, config.hidden_size, ("vocab", "embed"), dtype=dtype, rngs=rngs)
         self.layers = nnx.List(LlamaDecoderLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers))
         self.norm = rms_norm(config.hidden_size, config.rms_norm_eps, rngs=rngs)
         self.lm_head = (

@@ -26,8 +26,7 @@ from flax import nnx
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
 from panda_jax.models.generation import KVCache, causal_mask, init_kv_cache, write_kv
-from panda_jax.models.layers import ACTIVATIONS, layer_norm, linear
-from panda_jax.models.sharding import logical
+from panda_jax.models.layers import ACTIVATIONS, embedding, layer_norm, linear
 
 MODEL_TYPES = ("opt",)
 POSITION_OFFSET = 2  # OPT's position embedding table starts 2 rows in (fairseq's padding rows)
@@ -155,21 +154,9 @@ class OPTForCausalLM(nnx.Module):
         self.config = config
         self.dtype = dtype
         hidden, word_dim = config.hidden_size, config.word_embed_proj_dim
-        self.embed_tokens = nnx.Embed(
-            config.vocab_size,
-            word_dim,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            embedding_init=logical(nnx.initializers.normal(0.02), "vocab", "embed"),
-            rngs=rngs,
-        )
-        self.embed_positions = nnx.Embed(
-            config.max_position_embeddings + POSITION_OFFSET,
-            hidden,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            embedding_init=logical(nnx.initializers.normal(0.02), "positions", "embed"),
-            rngs=rngs,
+        self.embed_tokens = embedding(config.vocab_size, word_dim, ("vocab", "embed"), dtype=dtype, rngs=rngs)
+        self.embed_positions = embedding(
+            config.max_position_embeddings + POSITION_OFFSET, hidden, ("positions", "embed"), dtype=dtype, rngs=rngs
         )
         projected = word_dim != hidden
         self.project_in = linear(word_dim, hidden, ("embed", "embed"), bias=False, dtype=dtype, rngs=rngs) if projected else None

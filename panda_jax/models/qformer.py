@@ -31,7 +31,7 @@ from flax import nnx
 
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
-from panda_jax.models.layers import activation, attention, layer_norm, linear
+from panda_jax.models.layers import activation, attention, embedding, layer_norm, linear
 from panda_jax.models.sharding import logical
 
 LAYOUTS = {  # Hugging Face model_type → tensor naming
@@ -180,14 +180,8 @@ class QFormer(nnx.Module):
         self.config = config
         h = config.hidden_size
         if config.text_embeddings:
-            self.word_embeddings = nnx.Embed(
-                config.vocab_size, h, param_dtype=jnp.float32,
-                embedding_init=logical(nnx.initializers.normal(0.02), "vocab", "embed"), rngs=rngs,
-            )  # fmt: skip
-            self.position_embeddings = nnx.Embed(
-                config.max_position_embeddings, h, param_dtype=jnp.float32,
-                embedding_init=logical(nnx.initializers.normal(0.02), "positions", "embed"), rngs=rngs,
-            )  # fmt: skip
+            self.word_embeddings = embedding(config.vocab_size, h, ("vocab", "embed"), rngs=rngs)
+            self.position_embeddings = embedding(config.max_position_embeddings, h, ("positions", "embed"), rngs=rngs)
         else:
             self.word_embeddings = self.position_embeddings = None
         self.layernorm = layer_norm(h, config.layer_norm_eps, rngs=rngs)

@@ -35,8 +35,7 @@ from flax import nnx, struct
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
 from panda_jax.models.generation import causal_mask, write_kv
-from panda_jax.models.layers import ACTIVATIONS, linear, rms_norm
-from panda_jax.models.sharding import logical
+from panda_jax.models.layers import ACTIVATIONS, embedding, linear, rms_norm
 
 MODEL_TYPES = ("t5",)
 @dataclass(frozen=True)
@@ -160,12 +159,9 @@ class T5Attention(nnx.Module):
         self.v = linear(config.d_model, inner, ("embed", "heads"), bias=False, dtype=dtype, rngs=rngs)
         self.o = linear(inner, config.d_model, ("heads", "embed"), bias=False, dtype=dtype, rngs=rngs)
         self.relative_attention_bias = (
-            nnx.Embed(
-                config.relative_attention_num_buckets,
-                config.num_heads,
-                param_dtype=jnp.float32,
-                embedding_init=logical(nnx.initializers.normal(1.0), "positions", "heads"),
-                rngs=rngs,
+            embedding(
+                config.relative_attention_num_buckets, config.num_heads, ("positions", "heads"),
+                init=nnx.initializers.normal(1.0), rngs=rngs,
             )
             if relative_bias
             else None
@@ -254,13 +250,8 @@ class T5ForConditionalGeneration(nnx.Module):
     def __init__(self, config: T5Config, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
         self.config = config
         self.dtype = dtype
-        self.shared = nnx.Embed(
-            config.vocab_size,
-            config.d_model,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            embedding_init=logical(nnx.initializers.normal(1.0), "vocab", "embed"),
-            rngs=rngs,
+        self.shared = embedding(
+            config.vocab_size, config.d_model, ("vocab", "embed"), dtype=dtype, init=nnx.initializers.normal(1.0), rngs=rngs
         )
         self.encoder = T5Stack(config, is_decoder=False, dtype=dtype, rngs=rngs)
         self.decoder = T5Stack(config, is_decoder=True, dtype=dtype, rngs=rngs)
