@@ -56,7 +56,6 @@ def tiny_config(**overrides) -> transformers.LlamaConfig:
     return transformers.LlamaConfig(**(fields | overrides))
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_llama_tokenizer()

@@ -62,7 +62,6 @@ def tiny_config(vocab_size: int, **overrides) -> transformers.OPTConfig:
     return transformers.OPTConfig(**(fields | overrides))
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_opt_tokenizer()

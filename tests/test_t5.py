@@ -68,7 +68,6 @@ def tiny_config(**overrides) -> transformers.T5Config:
     return transformers.T5Config(**(fields | overrides))
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_t5_tokenizer()
