@@ -25,12 +25,13 @@ import ast
 import collections
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -311,22 +312,17 @@ def index_video2dataset(folder: str | os.PathLike) -> Video2DatasetIndex:
     return Video2DatasetIndex(samples=samples, unreadable=unreadable)
 
 
-class _Prober:
-    """Probes each downloaded file once: its duration, or why it cannot be read."""
-
-    def __init__(self) -> None:
-        self._cache: dict[Path, float | str] = {}
-
-    def __call__(self, path: Path) -> float | str:
-        if path not in self._cache:
-            try:
-                self._cache[path] = io.probe(path).duration
-            except io.VideoError as e:
-                self._cache[path] = f"unreadable video: {e}"
-        return self._cache[path]
+def _probe_duration(path: Path) -> float | str:
+    """A downloaded file's duration, or why it cannot be read."""
+    try:
+        return io.probe(path).duration
+    except io.VideoError as e:
+        return f"unreadable video: {e}"
 
 
-def _tie(clip: OfficialClip, samples: list[DownloadedSample], prober: _Prober) -> JoinedClip | tuple[str, str]:
+def _tie(
+    clip: OfficialClip, samples: list[DownloadedSample], prober: Callable[[Path], float | str]
+) -> JoinedClip | tuple[str, str]:
     """The file holding `clip`, or ("missing" | "failed", reason)."""
     for sample in samples:
         if sample.span is None:
@@ -369,7 +365,7 @@ def join(csv_path: str | os.PathLike, folder: str | os.PathLike) -> tuple[list[J
     """
     index = index_video2dataset(folder)
     report = JoinReport()
-    prober = _Prober()
+    prober = functools.cache(_probe_duration)  # each file probed once per join
     joined = []
     for clip in tqdm.tqdm(read_official_csv(csv_path, report.problems), desc="joining", unit="clip"):
         report.clips += 1
