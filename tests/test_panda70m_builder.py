@@ -297,3 +297,15 @@ def test_subtitles_parse_srt_and_vtt():
     assert overlapping_text(lines, 2.5, 60.0) == ""
     with pytest.raises(SubtitleError, match="ends"):
         parse_subtitles("00:00:05,000 --> 00:00:04,000\nbackwards\n", "x.srt")
+
+
+def test_subtitles_parse_ass_and_refuse_garbage():
+    ass = (
+        "[Script Info]\nScriptType: v4.00+\n\n[V4+ Styles]\n\n[Events]\n"
+        "Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n"
+        "Dialogue: 0,0:00:02.50,0:00:04.00,Default,,0,0,0,,{\\i1}Look{\\i0}\\Nthere\n"
+        "Comment: 0,0:00:05.00,0:00:06.00,Default,,0,0,0,,not shown\n"
+    )
+    assert parse_subtitles(ass) == [{"start": 2.5, "end": 4.0, "text": "Look there"}]
+    with pytest.raises(SubtitleError, match="broken.srt"):
+        parse_subtitles("this is no subtitle file\nat all\n", "broken.srt")

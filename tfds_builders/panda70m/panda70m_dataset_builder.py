@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from panda_jax import split
 from panda_jax.data import official, synthetic, testmedia
 from panda_jax.data.records import read_jsonl
-from panda_jax.data.subtitles import SubtitleError, overlapping_text, read_subtitles
+from panda_jax.data.subtitles import SUFFIXES, SubtitleError, overlapping_text, read_subtitles
 from panda_jax.models import lpips
 from panda_jax.video import io, metrics
 from panda_jax.video.sampling import uniform_indices
@@ -50,7 +50,7 @@ UNKNOWN = -1.0  # matching_score / max_running_lpips / teacher score when not co
 _MANUAL_INSTRUCTIONS = """\
 config `local`: put in the manual dir either a `videos.jsonl` (DESIGN.md `videos` records,
 paths relative to it) or video files with optional sidecars `<stem>.json` ({"title": ...,
-"description": ...}) and `<stem>.srt` / `<stem>.vtt`. Optional: `captions.jsonl`,
+"description": ...}) and `<stem>.srt` / `.vtt` / `.ass` / `.ssa`. Optional: `captions.jsonl`,
 `selection.jsonl` (caption stage records) and `split/clips.jsonl` (split records to reuse).
 config `official`: exactly one official Panda-70M CSV in the manual dir, beside the shard
 folders that video2dataset (`--output_format files`) downloaded into it.
@@ -247,7 +247,7 @@ def _read_sidecar_metadata(video: Path) -> dict[str, str]:
 
 
 def _read_sidecar_subtitles(video: Path) -> list[dict[str, Any]]:
-    for suffix in (".srt", ".vtt"):
+    for suffix in SUFFIXES:
         path = video.with_suffix(suffix)
         if path.exists():
             try:
