@@ -19,7 +19,7 @@ from flax import nnx
 
 from panda_jax import split
 from panda_jax.data import synthetic
-from panda_jax.data.records import read_jsonl
+from panda_jax.records import read_jsonl
 from panda_jax.models import lpips
 from panda_jax.video.metrics import split_report
 
@@ -37,13 +37,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    config = split.load_config()
     model = lpips_model()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
         synthetic.generate_corpus(corpus, args.num_videos, args.seed, workers=args.workers)
         videos = list(read_jsonl(corpus / "videos.jsonl"))
-        inputs = split.read_video_list(corpus / "videos.jsonl")
+        inputs = split.read_video_list(corpus / "videos.jsonl", [])
         print(f"{args.num_videos} synthetic videos (seed {args.seed}), {sum(len(v['gt_shots']) for v in videos)} shots, "
               f"{sum(len(v['gt_events']) for v in videos)} events, mean event "
               f"{sum(e['end_frame'] - e['start_frame'] for v in videos for e in v['gt_events']) / 24 / sum(len(v['gt_events']) for v in videos):.1f} s\n")
@@ -51,8 +50,9 @@ def main() -> None:
         for detector in split.DETECTORS:
             for stitched in (False, True):
                 out = Path(tmp) / f"{detector}-{stitched}"
-                settings = split.Settings(detector=detector, preset="default", stitch=stitched)
-                split.run(inputs, out, settings, config, workers=args.workers)
+                config = split.load_config()
+                config.detector, config.stitch.enabled = detector, stitched
+                split.run(inputs, out, config, workers=args.workers)
                 report = split_report(
                     videos, list(read_jsonl(out / "shots.jsonl")), list(read_jsonl(out / "clips.jsonl")),
                     lpips_model=model, root=corpus,

@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Two frames per shot, at these fractions of its length, resized without crop.
     config.stitch = ml_collections.ConfigDict()
+    config.stitch.enabled = True  # False: clips are the shots (`split --no-stitch`)
     config.stitch.embedder = "color_histogram"
     config.stitch.sample_positions = (0.05, 0.95)
     config.stitch.image_size = 224
@@ -51,4 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
         dict(min_seconds=2.5, max_seconds=60.0, trim_fraction=0.1, filter_redundant=True)
     )
     config.preset = "default"
+
+    # Clip files in OUT/clips: "" (none), "copy" (stream copy from the keyframe at or before each
+    # clip) or "reencode" (frame-exact H.264).
+    config.cut = ""
     return config

@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from panda_jax import split
 from panda_jax.data import synthetic, testmedia
-from panda_jax.data.records import read_jsonl
+from panda_jax.records import read_jsonl
 from panda_jax.video import io
 from panda_jax.video.metrics import split_report
 
@@ -77,15 +77,16 @@ def build_corpus(config, out_dir: Path) -> None:
 def split_corpus(corpus_dir: Path, out_dir: Path, workers: int) -> None:
     print("== splitting the corpus (python -m panda_jax.split), scored against its ground truth")
     videos = list(read_jsonl(corpus_dir / "videos.jsonl"))
-    inputs = split.read_video_list(corpus_dir / "videos.jsonl")
-    config = split.load_config()
+    inputs = split.read_video_list(corpus_dir / "videos.jsonl", [])
     for detector in split.DETECTORS:
         out = out_dir / detector
+        config = split.load_config()
+        config.detector = detector
         start = time.perf_counter()
-        summary = split.run(inputs, out, split.Settings(detector, "default", stitch=True), config, workers=workers)
+        summary = split.run(inputs, out, config, workers=workers)
         seconds = time.perf_counter() - start
         report = split_report(videos, list(read_jsonl(out / "shots.jsonl")), list(read_jsonl(out / "clips.jsonl")))
-        print(f"  {detector:10s} {summary['clips']} clips in {seconds:.1f} s: {report.summary()}")
+        print(f"  {detector:10s} {summary.merged['clips']} clips in {seconds:.1f} s: {report.summary()}")
         print(f"  {'':10s} records: {out / 'shots.jsonl'}, {out / 'clips.jsonl'}")
 
 

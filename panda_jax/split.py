@@ -4,63 +4,48 @@
     python -m panda_jax.split --videos corpus/videos.jsonl --out runs/split --detector content \
         --preset panda70m --workers 2 --cut copy
 
-For every video: detect shots (TransNetV2 by default), cut shots longer than 7 s into 5 s
-pieces, embed two frames per shot and stitch shots into events (configs/split.py). Writes
-`shots.jsonl` and `clips.jsonl` (the stage records of DESIGN.md) and `failures.jsonl`.
+For every video, in one decoding pass: detect shots (TransNetV2 by default), cut shots longer
+than 7 s into 5 s pieces, and take two frames per piece; then embed them and stitch pieces into
+events (configs/split.py). Writes `shots.jsonl`, `clips.jsonl` and `failures.jsonl` (the stage
+records of panda_jax.records), and with `--cut` one file per clip in `OUT/clips/`.
 
-Each finished video is saved at once as a shard in `OUT/work/`, so a killed run resumes where
-it stopped: re-running skips videos already split with the same settings and retries failures.
+Videos are shards of the shared stage runner (panda_jax.stages): each finished video is saved
+at once in `OUT/work/split/`, so a killed run resumes where it stopped, and a video is split
+again whenever the config, the file or this code's version changed. A video that fails is
+recorded in `failures.jsonl` and the others go on.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import dataclasses
 import importlib.util
 import logging
-import multiprocessing
 import os
 import sys
 import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ml_collections
-import tqdm
 
-from panda_jax.data.records import read_jsonl, write_jsonl
+from panda_jax import stages
+from panda_jax.records import Clip, Problem, Shots, Video, clip_id, ids_from_files, read_records
 from panda_jax.video import io
 from panda_jax.video.cut import cut_copy, cut_reencode
 from panda_jax.video.embedders import ColorHistogramEmbedder, FrameEmbedder
-from panda_jax.video.shots import ShotDetector, split_long_shots
-from panda_jax.video.stitch import StitchParams, embed_shots, stitch
+from panda_jax.video.scan import StitchSampling, scan
+from panda_jax.video.shots import ShotDetector
+from panda_jax.video.stitch import StitchParams, stitch
 
 log = logging.getLogger("panda_jax.split")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "split.py"
 DETECTORS = ("transnetv2", "content")
 CUT_MODES = ("copy", "reencode")
-
-
-@dataclass(frozen=True)
-class VideoInput:
-    video_id: str
-    path: Path
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a shard was made with; a shard made otherwise is recomputed, not reused."""
-
-    detector: str
-    preset: str
-    stitch: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"detector": self.detector, "preset": self.preset, "stitch": self.stitch}
+# Containers a stream copy keeps; a source with another suffix (or none) is copied into Matroska.
+COPY_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".m4v", ".ts", ".flv")
 
 
 def load_config(path: str | os.PathLike = DEFAULT_CONFIG) -> ml_collections.ConfigDict:
@@ -73,16 +58,16 @@ def load_config(path: str | os.PathLike = DEFAULT_CONFIG) -> ml_collections.Conf
     return module.get_config()
 
 
-def make_detector(name: str, config: ml_collections.ConfigDict) -> ShotDetector:
-    if name == "content":
+def make_detector(config: ml_collections.ConfigDict) -> ShotDetector:
+    if config.detector == "content":
         from panda_jax.video.content_detector import ContentDetector
 
         return ContentDetector(**config.content)
-    if name == "transnetv2":
+    if config.detector == "transnetv2":
         from panda_jax.video.transnetv2_detector import TransNetV2Detector
 
         return TransNetV2Detector(**config.transnetv2)
-    raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+    raise ValueError(f"unknown detector {config.detector!r}; choose from {', '.join(DETECTORS)}")
 
 
 def make_embedder(name: str) -> FrameEmbedder:
@@ -91,10 +76,10 @@ def make_embedder(name: str) -> FrameEmbedder:
     raise ValueError(f"unknown frame embedder {name!r}")
 
 
-def stitch_params(config: ml_collections.ConfigDict, preset: str) -> StitchParams:
-    if preset not in config.presets:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(config.presets)}")
-    limits = config.presets[preset]
+def stitch_params(config: ml_collections.ConfigDict) -> StitchParams:
+    if config.preset not in config.presets:
+        raise ValueError(f"unknown preset {config.preset!r}; choose from {', '.join(config.presets)}")
+    limits = config.presets[config.preset]
     thresholds = config.thresholds[config.stitch.embedder]
     return StitchParams(
         transition=thresholds.transition,
@@ -107,168 +92,116 @@ def stitch_params(config: ml_collections.ConfigDict, preset: str) -> StitchParam
     )
 
 
-class Splitter:
-    """Splits one video at a time; holds the detector and embedder, built once per process."""
+class SplitStage:
+    """The split stage for panda_jax.stages: one shard per video, giving its shots and clips."""
 
-    def __init__(self, settings: Settings, config: ml_collections.ConfigDict):
-        self.settings = settings
+    name = "split"
+    version = 2  # 2: one decoding pass, frame-exact re-encoded clips, real start of copied clips
+    outputs = (Shots.KIND, Clip.KIND)
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        if config.cut not in ("", *CUT_MODES):
+            raise ValueError(f"unknown cut mode {config.cut!r}; choose from {', '.join(CUT_MODES)}")
+        stitch_params(config)  # a bad preset fails here, before any video
         self.config = config
-        self.detector = make_detector(settings.detector, config)
-        self.embedder = make_embedder(config.stitch.embedder)
-        self.params = stitch_params(config, settings.preset)
+        self._detector: ShotDetector | None = None
 
-    def split(self, video: VideoInput) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Returns the video's `shots` record and its `clips` records."""
-        info = io.probe(video.path)
-        detected = self.detector.detect(video.path)
-        num_frames = detected[-1][1] if detected else 0
-        long_shots = self.config.long_shots
-        shots = split_long_shots(detected, info.fps, long_shots.max_seconds, long_shots.piece_seconds)
-        if self.settings.stitch and shots:
-            embeddings = embed_shots(
-                video.path,
-                shots,
-                self.embedder,
-                image_size=self.config.stitch.image_size,
-                positions=tuple(self.config.stitch.sample_positions),
-                batch_shots=self.config.stitch.batch_shots,
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "_detector": None}  # workers build their own detector
+
+    def settings(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def setup(self) -> None:
+        if self._detector is None:
+            self._detector = make_detector(self.config)
+            self._sampling = StitchSampling(
+                make_embedder(self.config.stitch.embedder),
+                tuple(self.config.stitch.sample_positions),
+                self.config.stitch.image_size,
+                self.config.stitch.batch_shots,
             )
-            spans = [(e.start_frame, e.end_frame, e.shot_count) for e in stitch(shots, embeddings, info.fps, self.params)]
+            self._params = stitch_params(self.config)
+
+    def process(self, shard: stages.Shard, out_dir: Path) -> stages.ShardResult:
+        video_id, path = shard.key, Path(shard.payload["path"])
+        info = io.probe(path)
+        long_shots = (self.config.long_shots.max_seconds, self.config.long_shots.piece_seconds)
+        stitching = self._sampling if self.config.stitch.enabled else None
+        found = scan(path, self._detector, info.fps, long_shots, stitching)
+        if info.num_frames != found.num_frames:
+            log.warning("%s: the container says %d frames but %d decode (a truncated or damaged file?); "
+                        "split as %d frames", path, info.num_frames, found.num_frames, found.num_frames)
+        if stitching is not None and found.shots:
+            events = stitch(found.shots, found.embeddings, info.fps, self._params)
+            spans = [(e.start_frame, e.end_frame, e.shot_count) for e in events]
         else:
-            spans = [(start, end, 1) for start, end in shots]
-        shots_record = {
-            "video_id": video.video_id,
-            "fps": info.fps,
-            "num_frames": num_frames,
-            "detector": self.settings.detector,
-            "shots": [[start, end] for start, end in shots],
-        }
+            spans = [(start, end, 1) for start, end in found.shots]
+        shots = Shots(
+            video_id=video_id, fps=info.fps, num_frames=found.num_frames, detector=self._detector.name,
+            shots=tuple(found.shots), container_frames=info.num_frames,
+        )
         clips = [
-            {
-                "clip_id": f"{video.video_id}.{index:04d}",
-                "video_id": video.video_id,
-                "start": round(start / info.fps, 6),
-                "end": round(end / info.fps, 6),
-                "start_frame": start,
-                "end_frame": end,
-                "shot_count": shot_count,
-            }
-            for index, (start, end, shot_count) in enumerate(spans)
+            Clip(clip_id=clip_id(video_id, index), video_id=video_id, start=round(start / info.fps, 6),
+                 end=round(end / info.fps, 6), start_frame=start, end_frame=end, shot_count=count)
+            for index, (start, end, count) in enumerate(spans)
         ]
-        return shots_record, clips
+        if self.config.cut:
+            clips = self._cut(path, clips, out_dir)
+        files = tuple(c.file for c in clips if c.file)
+        return stages.ShardResult(records={Shots.KIND: [shots], Clip.KIND: clips}, files=files)
 
-
-# One Splitter per worker process, made by the pool's initializer.
-_splitter: Splitter | None = None
-
-
-def _init_worker(settings: Settings, config: ml_collections.ConfigDict) -> None:
-    global _splitter
-    _splitter = Splitter(settings, config)
-
-
-def _split_one(video: VideoInput) -> dict[str, Any]:
-    """Splits a video into a shard record; a failure becomes a record too, so the run goes on."""
-    assert _splitter is not None
-    try:
-        shots, clips = _splitter.split(video)
-        return {"video_id": video.video_id, "path": str(video.path), "shots": shots, "clips": clips}
-    except Exception as e:  # noqa: BLE001 - any failure of one video must not stop the others
-        log.debug("%s failed:\n%s", video.path, traceback.format_exc())
-        return {"video_id": video.video_id, "path": str(video.path), "error": f"{type(e).__name__}: {e}"}
-
-
-def _shard_path(out_dir: Path, video_id: str) -> Path:
-    return out_dir / "work" / f"{video_id}.jsonl"
-
-
-def _finished_shard(out_dir: Path, video: VideoInput, settings: Settings) -> dict[str, Any] | None:
-    path = _shard_path(out_dir, video.video_id)
-    if not path.exists():
-        return None
-    (shard,) = read_jsonl(path)
-    if shard.get("settings") != settings.as_dict() or "error" in shard:
-        return None
-    return shard
-
-
-def _cut_clips(out_dir: Path, video: VideoInput, clips: list[dict[str, Any]], mode: str) -> None:
-    folder = out_dir / "clips"
-    folder.mkdir(parents=True, exist_ok=True)
-    for clip in clips:
-        if mode == "copy":
-            target = folder / f"{clip['clip_id']}{video.path.suffix}"
-            if not target.exists():
-                cut_copy(video.path, target, clip["start"], clip["end"])
+    def _cut(self, path: Path, clips: list[Clip], out_dir: Path) -> list[Clip]:
+        """Writes the clip files; records where each file is and the source time it starts at."""
+        if self.config.cut == "reencode":
+            files = [f"clips/{clip.clip_id}.mp4" for clip in clips]
+            cut_reencode(path, [(out_dir / f, c.start_frame, c.end_frame) for f, c in zip(files, clips)])
+            starts = [clip.start for clip in clips]
         else:
-            target = folder / f"{clip['clip_id']}.mp4"
-            if not target.exists():
-                cut_reencode(video.path, target, clip["start_frame"], clip["end_frame"])
+            suffix = path.suffix.lower() if path.suffix.lower() in COPY_SUFFIXES else ".mkv"
+            files = [f"clips/{clip.clip_id}{suffix}" for clip in clips]
+            starts = [round(cut_copy(path, out_dir / f, c.start, c.end), 6) for f, c in zip(files, clips)]
+        return [dataclasses.replace(c, file=f, file_start=s) for c, f, s in zip(clips, files, starts)]
+
+
+def video_shard(video: Video) -> stages.Shard:
+    path = str(Path(video.path).absolute())
+    return stages.Shard(key=video.video_id, payload={"path": path}, sources=(path,))
 
 
 def run(
-    videos: Sequence[VideoInput],
+    videos: Sequence[Video],
     out_dir: str | os.PathLike,
-    settings: Settings,
     config: ml_collections.ConfigDict,
     workers: int = 1,
-    cut: str | None = None,
-) -> dict[str, int]:
-    """Splits `videos`, resuming from shards in `out_dir/work`; returns counts for a summary."""
-    out_dir = Path(out_dir)
-    ids = [v.video_id for v in videos]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"video ids must be unique, these repeat: {', '.join(duplicates[:10])}")
-
-    shards = {v.video_id: _finished_shard(out_dir, v, settings) for v in videos}
-    todo = [v for v in videos if shards[v.video_id] is None]
-    log.info("%d videos: %d already split, %d to do", len(videos), len(videos) - len(todo), len(todo))
-
-    def save(shard: dict[str, Any]) -> None:
-        shard["settings"] = settings.as_dict()
-        write_jsonl(_shard_path(out_dir, shard["video_id"]), [shard])
-        shards[shard["video_id"]] = shard
-        if "error" in shard:
-            log.warning("%s failed: %s", shard["path"], shard["error"])
-
-    progress = tqdm.tqdm(total=len(todo), desc="splitting", unit="video", disable=not todo)
-    if workers > 1 and len(todo) > 1:
-        context = multiprocessing.get_context("spawn")  # JAX and decoder threads do not survive fork
-        with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(settings, config)
-        ) as pool:
-            for shard in pool.map(_split_one, todo):
-                save(shard)
-                progress.update()
-    elif todo:
-        _init_worker(settings, config)
-        for video in todo:
-            save(_split_one(video))
-            progress.update()
-    progress.close()
-
-    done = [shards[v.video_id] for v in videos]
-    ok = [s for s in done if s is not None and "error" not in s]
-    failed = [s for s in done if s is not None and "error" in s]
-    if cut:
-        by_id = {v.video_id: v for v in videos}
-        for shard in tqdm.tqdm(ok, desc=f"cutting ({cut})", unit="video"):
-            _cut_clips(out_dir, by_id[shard["video_id"]], shard["clips"], cut)
-    write_jsonl(out_dir / "shots.jsonl", (s["shots"] for s in ok))
-    clips = write_jsonl(out_dir / "clips.jsonl", (c for s in ok for c in s["clips"]))
-    write_jsonl(out_dir / "failures.jsonl", ({"video_id": s["video_id"], "path": s["path"], "error": s["error"]} for s in failed))
-    return {"videos": len(videos), "split": len(ok), "failed": len(failed), "clips": clips}
+    input_problems: Sequence[Problem] = (),
+) -> stages.Summary:
+    """Splits `videos` into OUT (resuming, see the module doc); returns the runner's summary."""
+    return stages.run(SplitStage(config), [video_shard(v) for v in videos], out_dir, workers, input_problems)
 
 
-def read_video_list(videos_jsonl: Path) -> list[VideoInput]:
-    """Reads a `videos` record file; relative paths are relative to the file's folder."""
-    inputs = []
-    for record in read_jsonl(videos_jsonl):
-        if "video_id" not in record or "path" not in record:
-            raise ValueError(f"{videos_jsonl}: every record needs video_id and path, got keys {sorted(record)}")
-        inputs.append(VideoInput(str(record["video_id"]), videos_jsonl.parent / record["path"]))
-    return inputs
+def read_video_list(videos_jsonl: Path, problems: list[Problem]) -> list[Video]:
+    """The `videos` records of a file, paths made relative to its folder; bad lines go to `problems`."""
+    return [
+        dataclasses.replace(video, path=str(videos_jsonl.parent / video.path))
+        for video in read_records(videos_jsonl, Video, problems)
+    ]
+
+
+def videos_from_files(paths: Sequence[Path]) -> list[Video]:
+    """Videos named after their file stems; files sharing a stem keep their suffix (`x.mp4`, `x.avi`)."""
+    return [Video(video_id=video_id, path=str(p)) for p, video_id in zip(paths, ids_from_files(paths))]
+
+
+def unique(videos: Sequence[Video], problems: list[Problem]) -> list[Video]:
+    """The first video of each id; the repeats become problems."""
+    seen: dict[str, Video] = {}
+    for video in videos:
+        if video.video_id in seen:
+            problems.append(Problem(video.path, video.video_id, f"video_id {video.video_id!r} is used already by {seen[video.video_id].path}"))
+        else:
+            seen[video.video_id] = video
+    return list(seen.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -287,42 +220,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-stitch", action="store_true", help="clips are the detected shots, not stitched events")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
     parser.add_argument("--cut", choices=CUT_MODES, default=None,
-                        help="also write clip files to OUT/clips: 'copy' (fast, starts at the keyframe "
-                             "before each clip) or 'reencode' (frame-exact H.264, no audio)")
+                        help="also write clip files to OUT/clips: 'copy' (fast; starts at the keyframe at or "
+                             "before each clip, recorded as file_start) or 'reencode' (frame-exact H.264, no audio)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="split config file (default %(default)s)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="one process of a multi-host run: calls jax.distributed.initialize() and "
+                             "splits this process's share of the videos (process 0 writes the merged records)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step, with tracebacks of failures")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("jax").setLevel(logging.WARNING)
+    if args.distributed:
+        import jax
 
-    videos = [VideoInput(p.stem, p) for p in args.videos]
+        jax.distributed.initialize()
+
+    problems: list[Problem] = []
+    videos = videos_from_files(args.videos)
     if args.videos_jsonl:
         try:
-            videos += read_video_list(args.videos_jsonl)
+            videos += read_video_list(args.videos_jsonl, problems)
         except (OSError, ValueError) as e:
             parser.error(str(e))
-    if not videos:
+    videos = unique(videos, problems)
+    if not videos and not problems:
         parser.error("give video files or --videos videos.jsonl")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     config = load_config(args.config)
-    settings = Settings(
-        detector=args.detector or config.detector,
-        preset=args.preset or config.preset,
-        stitch=not args.no_stitch,
-    )
-    if settings.preset not in config.presets:
-        parser.error(f"unknown preset {settings.preset!r}; choose from {', '.join(config.presets)}")
-
-    began = time.perf_counter()
+    config.detector = args.detector or config.detector
+    config.preset = args.preset or config.preset
+    config.stitch.enabled = config.stitch.enabled and not args.no_stitch
+    config.cut = args.cut or ""
     try:
-        summary = run(videos, args.out, settings, config, workers=args.workers, cut=args.cut)
+        stage = SplitStage(config)
     except ValueError as e:
         parser.error(str(e))
+
+    began = time.perf_counter()
+    summary = stages.run(stage, [video_shard(v) for v in videos], args.out, args.workers, problems)
+    failed = summary.failed + len(problems)
+    mismatched = [s for s in read_records(args.out / "shots.jsonl", Shots) if s.container_frames != s.num_frames]
     print(
-        f"split {summary['split']}/{summary['videos']} videos into {summary['clips']} clips "
-        f"({summary['failed']} failed, see {args.out / 'failures.jsonl'}) in {time.perf_counter() - began:.1f} s"
+        f"split {summary.shards - summary.failed}/{summary.shards + len(problems)} videos "
+        f"({summary.reused} already done) in {time.perf_counter() - began:.1f} s; "
+        f"{args.out / 'clips.jsonl'} holds {summary.merged.get(Clip.KIND, 0)} clips of "
+        f"{summary.merged.get(Shots.KIND, 0)} videos"
     )
-    return 0 if summary["failed"] == 0 else 1
+    if mismatched:
+        print(f"{len(mismatched)} videos decoded another number of frames than their container states "
+              f"(container_frames in {args.out / 'shots.jsonl'}): {', '.join(s.video_id for s in mismatched[:5])}")
+    if failed:
+        print(f"{failed} failed: see {args.out / 'failures.jsonl'}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

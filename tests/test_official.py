@@ -140,6 +140,99 @@ def test_malformed_rows_are_reported_and_skipped_and_code_never_runs(tmp_path, c
     assert sum("skipping malformed row" in r.message for r in caplog.records) == 5
 
 
+def _with_cell(video_id: str, column: str, cell: str) -> dict[str, str]:
+    """A good one-clip row with one cell replaced by `cell`."""
+    return {**_row(video_id, [["0:00:00.000", "0:00:02.000"]], ["x"]), column: cell}
+
+
+def test_hostile_rows_are_skipped_and_the_reader_goes_on(tmp_path, caplog, monkeypatch):
+    """A huge number, a 20 MB cell or an unforeseen exception costs its own row only, never the file."""
+    literal_eval, parse_span = official.ast.literal_eval, official.parse_span
+    parsed: list[int] = []
+
+    def measured_literal_eval(text: str) -> object:
+        parsed.append(len(text))
+        if len(text) > official.MAX_CELL_CHARS:  # parsing it would take gigabytes
+            raise MemoryError("a cell over the limit reached the parser")
+        return literal_eval(text)
+
+    def buggy_parse_span(value: object) -> tuple[float, float]:
+        if value == ["0:00:06.666", "0:00:07.000"]:
+            raise TypeError("an unforeseen bug")
+        return parse_span(value)
+
+    monkeypatch.setattr(official.ast, "literal_eval", measured_literal_eval)
+    monkeypatch.setattr(official, "parse_span", buggy_parse_span)
+    huge = "1" + "0" * 400
+    rows = [
+        _row("first", [["0:00:00.000", "0:00:02.000"]], ["fine"]),
+        _with_cell("bigscore", "matching_score", f"[{huge}]"),
+        _with_cell("bigcell", "timestamp", "BIG"),
+        _with_cell("bighour", "timestamp", f"[['{huge}:00:00.000', '{huge}:00:01.000']]"),
+        _row("bug", [["0:00:06.666", "0:00:07.000"]], ["x"]),
+        # A caption cell of exactly MAX_CELL_CHARS is still read.
+        _row("last", [["0:00:03.000", "0:00:04.000"]], ["y" * (official.MAX_CELL_CHARS - 4)]),
+    ]
+    path = _write_csv(tmp_path / "panda.csv", rows)
+    # A 20 MB timestamp cell, written past the csv writer, which would take half a second over it.
+    path.write_text(path.read_text().replace(",BIG,", f',"[{"0," * 10_000_000}]",'))
+
+    problems: list[official.RowProblem] = []
+    with caplog.at_level(logging.WARNING, logger="panda_jax.data.official"):
+        clips = list(official.read_official_csv(path, problems))
+
+    assert [c.clip_id for c in clips] == ["first.0000", "last.0000"]
+    assert len(clips[1].caption) == official.MAX_CELL_CHARS - 4
+    assert [(p.line, p.video_id) for p in problems] == [(3, "bigscore"), (4, "bigcell"), (5, "bighour"), (6, "bug")]
+    assert f"matching_score {huge} is not a finite number" in problems[0].reason
+    assert problems[1].reason == (
+        f"column 'timestamp' has 20000002 characters, over the limit of {official.MAX_CELL_CHARS} (MAX_CELL_CHARS)"
+    )
+    assert f"timestamp '{huge}:00:00.000' is not a finite, non-negative time" in problems[2].reason
+    assert problems[3].reason == "TypeError: an unforeseen bug"
+    assert max(parsed) <= official.MAX_CELL_CHARS  # the 20 MB cell never reached the parser
+    warnings = [r.getMessage() for r in caplog.records if "skipping malformed row" in r.getMessage()]
+    assert [m.split(": skipping")[0] for m in warnings] == [f"{path}:{line}" for line in (3, 4, 5, 6)]
+
+
+def test_non_finite_huge_and_garbage_values_are_row_problems(tmp_path):
+    """Every kind of nonsense a cell can hold is reported as its row's problem, briefly."""
+    huge = "1" + "0" * 400
+    cases = [  # videoID, column, cell, what the reason says
+        ("inf", "matching_score", "[1e400]", "matching_score inf is not a finite number"),
+        ("hex", "matching_score", f"[0x{'f' * 400}]", f"matching_score {int('f' * 400, 16)} is not a finite number"),
+        ("bool", "matching_score", "[True]", "matching_score True is not a finite number"),
+        ("shot", "shot_boundary_detection", f"[[[0, {huge}]]]", f"timestamp {huge} is not a finite"),
+        ("nested", "caption", "[[[['deep']]]]", "caption [[['deep']]] is not a string"),
+        ("parens", "caption", "[" * 300 + "]" * 300, "column 'caption' is not a Python literal"),
+        ("minus", "matching_score", "[" + "-" * 100_000 + "1]", "column 'matching_score' is not a Python literal"),
+        ("../../etc", "caption", "['x']", "videoID '../../etc' is not a valid id"),  # ids name files
+        ("v" * 500_000, "caption", "['x']", "is not a valid id"),
+        ("long", "timestamp", f"[['{'9' * 500_000}', '0:00:01.000']]", "' is not H:MM:SS.mmm"),
+    ]
+    rows = [_with_cell(video_id, column, cell) for video_id, column, cell, _ in cases]
+    rows.append(_row("last", [["0:00:03.000", "0:00:04.000"]], ["fine"]))
+    path = _write_csv(tmp_path / "panda.csv", rows)
+
+    problems: list[official.RowProblem] = []
+    assert [c.clip_id for c in official.read_official_csv(path, problems)] == ["last.0000"]
+    assert [p.line for p in problems] == list(range(2, 2 + len(cases)))
+    for problem, (video_id, _, _, reason) in zip(problems, cases):
+        assert reason in problem.reason, (video_id, problem.reason)
+    # A hostile value or videoID is cut short, so it cannot flood the log or memory.
+    limit = official._MAX_PROBLEM_CHARS
+    assert problems[-1].reason.startswith("clip 0: timestamp '999") and len(problems[-1].reason) <= limit
+    assert problems[-2].video_id.startswith("vvv") and len(problems[-2].video_id) <= limit
+
+
+def test_a_row_that_is_not_utf8_is_a_row_problem(tmp_path):
+    path = _write_csv(tmp_path / "panda.csv", [_row(n, [["0:00:00.000", "0:00:01.000"]], ["CAPTION"]) for n in "abc"])
+    path.write_bytes(path.read_bytes().replace(b"CAPTION", b"caf\xe9", 2).replace(b"caf\xe9", b"CAPTION", 1))
+    problems: list[official.RowProblem] = []
+    assert [c.clip_id for c in official.read_official_csv(path, problems)] == ["a.0000", "c.0000"]
+    assert [(p.line, p.video_id, p.reason) for p in problems] == [(3, "b", "the row is not UTF-8 text")]
+
+
 def test_read_is_a_generator_that_streams(tmp_path):
     path = _write_csv(tmp_path / "panda.csv", [_row("a", [["0:00:00.000", "0:00:01.000"]], ["x"])])
     clips = official.read_official_csv(path)

@@ -17,7 +17,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from lpips_weights import write_random_lpips  # noqa: E402
 from panda_jax.data import pipeline  # noqa: E402
-from panda_jax.data.records import read_jsonl  # noqa: E402
+from panda_jax.records import read_jsonl  # noqa: E402
 from panda_jax.data.subtitles import SubtitleError, overlapping_text, parse_subtitles  # noqa: E402
 from panda_jax.models import lpips  # noqa: E402
 from panda_jax.video import io, metrics  # noqa: E402
@@ -152,7 +152,7 @@ def test_grain_pipeline_reads_the_built_dataset(local_build):
 
 def test_unreadable_video_is_recorded_and_skipped(local_build):
     (failure,) = read_jsonl(local_build / "panda70m_work" / "local_test" / "split" / "broken" / "failures.jsonl")
-    assert failure["video_id"] == "broken" and "CorruptVideoError" in failure["error"]
+    assert failure["item_id"] == "broken" and "CorruptVideoError" in failure["error"]
     assert not any(k.startswith("broken") for k in _by_clip(TINY_LOCAL, local_build))
 
 
@@ -309,3 +309,39 @@ def test_subtitles_parse_ass_and_refuse_garbage():
     assert parse_subtitles(ass) == [{"start": 2.5, "end": 4.0, "text": "Look there"}]
     with pytest.raises(SubtitleError, match="broken.srt"):
         parse_subtitles("this is no subtitle file\nat all\n", "broken.srt")
+
+
+def _copies(directory: Path, video: Path, names: list[str]) -> Path:
+    directory.mkdir(parents=True)
+    for name in names:
+        shutil.copy(video, directory / name)
+    return directory
+
+
+def test_bad_sidecars_and_shared_stems_skip_only_their_videos(tmp_path, dummy, caplog):
+    manual = _copies(tmp_path / "manual", dummy / "shapes_b.mp4", ["x.mp4", "x.avi", "good.mp4", "latin1.mp4", "list.mp4", "badsub.mp4"])
+    (manual / "good.json").write_text('{"title": "a good one"}')
+    (manual / "latin1.json").write_bytes(b'{"title": "caf\xe9"}')  # not UTF-8
+    (manual / "list.json").write_text("[1, 2]")  # not an object
+    (manual / "badsub.srt").write_text("this is no subtitle file\nat all\n")
+    config = dataclasses.replace(TINY_LOCAL, name="local_sidecars", num_frames=2, image_size=32)
+    _build(config, tmp_path / "tfds", manual_dir=manual)
+    examples = _by_clip(config, tmp_path / "tfds")
+    assert {ex["video_id"].decode() for ex in examples.values()} == {"x.mp4", "x.avi", "good"}
+    assert {ex["title"] for ex in examples.values() if ex["video_id"] == b"good"} == {b"a good one"}
+    for name in ("latin1.json", "list.json", "badsub.srt"):
+        assert any(name in r.getMessage() and r.levelname == "WARNING" for r in caplog.records), name
+    assert "3 inputs were skipped" in caplog.text
+
+
+def test_hostile_and_incomplete_records_are_skipped_and_nothing_escapes(tmp_path, dummy, caplog):
+    manual = _copies(tmp_path / "manual", dummy / "shapes_b.mp4", ["good.mp4"])
+    lines = [{"video_id": "good", "path": "good.mp4"}, {"video_id": "../../victim", "path": "good.mp4"},
+             {"video_id": "nopath"}]
+    (manual / "videos.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n{broken\n")
+    config = dataclasses.replace(TINY_LOCAL, name="local_hostile", num_frames=2, image_size=32)
+    _build(config, tmp_path / "tfds", manual_dir=manual)
+    assert {ex["video_id"] for ex in _by_clip(config, tmp_path / "tfds").values()} == {b"good"}
+    assert "videos.jsonl:2" in caplog.text and "videos.jsonl:3" in caplog.text and "videos.jsonl:4" in caplog.text
+    assert "3 inputs were skipped" in caplog.text
+    assert not list(tmp_path.rglob("*victim*"))

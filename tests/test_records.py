@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from panda_jax.data.records import RecordError, read_jsonl, write_jsonl
+from panda_jax.records import RecordError, read_jsonl, write_jsonl
 
 
 def test_round_trip_keeps_unicode_and_nesting(tmp_path):

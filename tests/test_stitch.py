@@ -8,8 +8,9 @@ import pytest
 from panda_jax.data import synthetic
 from panda_jax.video.embedders import ColorHistogramEmbedder
 from panda_jax.video.shots import cuts_to_shots, split_long_shots
-from panda_jax.video.stitch import Event, StitchParams, embed_shots, sample_frames, stitch
 from panda_jax.split import load_config, stitch_params
+from panda_jax.video import io
+from panda_jax.video.stitch import Event, StitchParams, sample_frames, stitch
 
 
 def test_cuts_to_shots_partition():
@@ -88,13 +89,16 @@ def test_stitch_filters_short_static_and_redundant_events_then_trims():
 
 def test_presets_come_from_the_config_file():
     config = load_config()
-    default, panda = stitch_params(config, "default"), stitch_params(config, "panda70m")
+    default = stitch_params(config)
+    config.preset = "panda70m"
+    panda = stitch_params(config)
     assert (default.min_seconds, default.max_seconds, default.trim_fraction, default.redundant) == (2.0, 1200.0, 0.0, None)
     assert (panda.min_seconds, panda.max_seconds, panda.trim_fraction) == (2.5, 60.0, 0.1)
     assert panda.redundant == config.thresholds.color_histogram.redundant
     assert config.thresholds.imagebind.to_dict() == {"transition": 1.0, "merge": 0.6, "static": 0.15, "redundant": 0.3}
     with pytest.raises(ValueError, match="unknown preset"):
-        stitch_params(config, "nope")
+        config.preset = "nope"
+        stitch_params(config)
 
 
 def test_histogram_embeddings_are_unit_and_see_scenes_not_framings():
@@ -114,6 +118,12 @@ def test_histogram_embeddings_are_unit_and_see_scenes_not_framings():
         embedder.embed(np.zeros((1, 8, 8, 3), np.float32))
 
 
+def embed_shot_frames(path, shots) -> np.ndarray:
+    """Stitching's embeddings by a second decoding pass: the reference for the single pass's."""
+    frames = io.read_frames(path, [i for shot in shots for i in sample_frames(shot)], size=(224, 224))
+    return ColorHistogramEmbedder().embed(frames).reshape(len(shots), 2, -1)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
@@ -122,11 +132,11 @@ def corpus(tmp_path_factory):
 
 def test_stitching_ground_truth_shots_recovers_the_events(corpus):
     out, records = corpus
-    params = stitch_params(load_config(), "default")
+    params = stitch_params(load_config())
     exact, total, merged = 0, 0, 0
     for record in records:
         shots = [tuple(s) for s in record["gt_shots"]]
-        embeddings = embed_shots(out / record["path"], shots, ColorHistogramEmbedder(), batch_shots=3)
+        embeddings = embed_shot_frames(out / record["path"], shots)
         assert embeddings.shape[:2] == (len(shots), 2)
         events = stitch(shots, embeddings, record["fps"], params)
         truth = {(e["start_frame"], e["end_frame"]) for e in record["gt_events"]}

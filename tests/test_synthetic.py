@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from panda_jax.data import synthetic
-from panda_jax.data.records import read_jsonl
+from panda_jax.records import read_jsonl
 from panda_jax.video import io
 
 SIZE, FPS, DURATION = 96, 24, 9.0

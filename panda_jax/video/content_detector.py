@@ -23,15 +23,18 @@ OpenCV, where this converts and scales in one swscale call (`_swscale_args`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
+import av
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from panda_jax.video import io
-from panda_jax.video.shots import Shot, cuts_to_shots
+from panda_jax.video.scan import scan
+from panda_jax.video.shots import CutUpdate, Shot
 
 
 class Weights(NamedTuple):
@@ -58,6 +61,47 @@ def analysis_size(width: int, height: int, target: int = 256) -> tuple[int, int]
     return max(1, round(width / factor)), max(1, round(height / factor))
 
 
+class CutDecider:
+    """PySceneDetect's cut rule, one score at a time (see `cuts_from_scores`)."""
+
+    def __init__(self, threshold: float = 25.0, min_scene_len: int = 15):
+        self.threshold, self.min_scene_len = threshold, min_scene_len
+        self.frame = 0  # frames seen
+        self.last_above = 0
+        self.merging = False
+        self.merge_start = 0
+        self.any_cut = False
+
+    def push(self, score: float) -> int | None:
+        """Takes the next frame's score; returns a cut decided now, if any."""
+        t, self.frame = self.frame, self.frame + 1
+        is_above = score >= self.threshold
+        if self.min_scene_len <= 0:
+            return t if is_above else None
+        spaced = t - self.last_above >= self.min_scene_len
+        if is_above:
+            self.last_above = t
+        cut = None
+        if self.merging:
+            if spaced and not is_above and self.last_above - self.merge_start >= self.min_scene_len:
+                self.merging = False
+                cut = self.last_above
+        elif is_above and spaced:
+            cut = t
+        elif is_above and self.any_cut:
+            self.merging = True
+            self.merge_start = t
+        self.any_cut = self.any_cut or cut is not None
+        return cut
+
+    @property
+    def pending(self) -> tuple[int, ...]:
+        """The cut that a merge in progress will report if it ends now."""
+        if self.merging and self.last_above - self.merge_start >= self.min_scene_len:
+            return (self.last_above,)
+        return ()
+
+
 def cuts_from_scores(
     scores: Sequence[float] | np.ndarray, threshold: float = 25.0, min_scene_len: int = 15
 ) -> list[int]:
@@ -71,27 +115,8 @@ def cuts_from_scores(
     open at the end of the video is dropped. This is PySceneDetect 0.7's FlashFilter in MERGE
     mode; Panda-70M's shots depend on these details.
     """
-    above = (np.asarray(scores, dtype=np.float64) >= threshold).tolist()
-    if min_scene_len <= 0:
-        return [t for t, is_above in enumerate(above) if is_above]
-    cuts: list[int] = []
-    last_above = 0
-    merging = False
-    merge_start = 0
-    for t, is_above in enumerate(above):
-        spaced = t - last_above >= min_scene_len
-        if is_above:
-            last_above = t
-        if merging:
-            if spaced and not is_above and last_above - merge_start >= min_scene_len:
-                merging = False
-                cuts.append(last_above)
-        elif is_above and spaced:
-            cuts.append(t)
-        elif is_above and cuts:
-            merging = True
-            merge_start = t
-    return cuts
+    decider = CutDecider(threshold, min_scene_len)
+    return [cut for score in np.asarray(scores, dtype=np.float64).tolist() if (cut := decider.push(score)) is not None]
 
 
 def _swscale_args(source: tuple[int, int], size: tuple[int, int]) -> dict[str, object]:
@@ -109,26 +134,6 @@ def _swscale_args(source: tuple[int, int], size: tuple[int, int]) -> dict[str, o
         interpolation = "POINT" if point else "FAST_BILINEAR"
         args.update(width=size[0], height=size[1], interpolation=interpolation)
     return args
-
-
-def _bgr_batches(path: str | os.PathLike, target: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Yields the video's frames in order, uint8 BGR at analysis size: [n <= batch_size, h, w, 3].
-
-    The batch buffer is reused: a batch is valid until the next one is requested.
-    """
-    with io.decoded_frames(path) as (source, frames):
-        width, height = analysis_size(*source, target)
-        to_bgr = _swscale_args(source, (width, height))
-        batch = np.empty((batch_size, height, width, 3), np.uint8)
-        filled = 0
-        for frame in frames:
-            batch[filled] = frame.to_ndarray(**to_bgr)
-            filled += 1
-            if filled == batch_size:
-                yield batch
-                filled = 0
-        if filled:
-            yield batch[:filled]
 
 
 @dataclass(frozen=True)
@@ -159,31 +164,66 @@ class ContentDetector:
     def _weights(self) -> Weights:
         return LUMA_ONLY if self.luma_only else self.weights
 
+    def stream(self, size: tuple[int, int]) -> ContentStream:
+        return ContentStream(self, size)
+
     def scores(self, path: str | os.PathLike) -> np.ndarray:
         """Per-frame scores, float64 [num_frames]; frame 0 scores 0, as in PySceneDetect."""
-        weights = np.asarray(self._weights, np.float64)
-        total_weight = np.abs(weights).sum()
-        scores: list[np.ndarray] = []
-        hsv: np.ndarray | None = None  # [1 + batch_size] frames: slot 0 is the one before the batch
-        for batch in _bgr_batches(path, self.analysis_size, self.batch_size):
-            n, height, width, _ = batch.shape
-            stacked = (n * height, width, 3)  # a batch as one tall image, for one OpenCV call
-            first = hsv is None
-            if hsv is None:
-                hsv = np.empty((self.batch_size + 1, height, width, 3), np.uint8)
-            current, previous = hsv[1 : n + 1].reshape(stacked), hsv[:n].reshape(stacked)
-            cv2.cvtColor(batch.reshape(stacked), cv2.COLOR_BGR2HSV, dst=current)
-            if first:
-                hsv[0] = hsv[1]  # the first frame is compared with itself: score 0
-            delta = cv2.absdiff(current, previous)
-            sums = [cv2.sumElems(frame)[:3] for frame in delta.reshape(n, height, width, 3)]
-            # Per frame, as PySceneDetect: sum(channel mean * weight) / sum(|weight|).
-            scores.append((np.array(sums) / (height * width) * weights).sum(axis=1) / total_weight)
-            hsv[0] = hsv[n]
-        return np.concatenate(scores) if scores else np.zeros(0)
+        with io.decoded_frames(path) as (size, frames):
+            stream = self.stream(size)
+            for frame in frames:
+                stream.push(frame)
+            stream.finish()
+        return np.asarray(stream.scores, np.float64)
 
     def detect(self, path: str | os.PathLike) -> list[Shot]:
         """Shots partitioning [0, number of decoded frames); a video with no cut is one shot."""
-        scores = self.scores(path)
-        cuts = cuts_from_scores(scores, self.threshold, self.min_scene_len)
-        return cuts_to_shots(cuts, len(scores))
+        return scan(path, self).shots
+
+
+class ContentStream:
+    """A video through the content detector: frames are scored a batch at a time.
+
+    Frames are scaled and converted to BGR in one swscale call straight from the decoder's
+    YUV, then HSV conversion and differences run on the batch as one tall image in OpenCV.
+    """
+
+    def __init__(self, detector: ContentDetector, source: tuple[int, int]):
+        self.batch_size = detector.batch_size
+        self.weights = np.asarray(detector._weights, np.float64)
+        self.decider = CutDecider(detector.threshold, detector.min_scene_len)
+        width, height = analysis_size(*source, detector.analysis_size)
+        self.reformat = _swscale_args(source, (width, height))
+        self.reformatter = VideoReformatter()
+        self.batch = np.empty((self.batch_size, height, width, 3), np.uint8)
+        self.hsv = np.empty((self.batch_size + 1, height, width, 3), np.uint8)  # slot 0: the frame before
+        self.filled = 0
+        self.scores: list[float] = []
+
+    def push(self, frame: av.VideoFrame) -> CutUpdate:
+        self.batch[self.filled] = self.reformatter.reformat(frame, **self.reformat).to_ndarray()
+        self.filled += 1
+        cuts = self._score() if self.filled == self.batch_size else []
+        return CutUpdate(cuts, len(self.scores), self.decider.pending)
+
+    def finish(self) -> CutUpdate:
+        return CutUpdate(self._score(), len(self.scores))
+
+    def _score(self) -> list[int]:
+        n = self.filled
+        if not n:
+            return []
+        _, height, width, _ = self.batch.shape
+        stacked = (n * height, width, 3)  # a batch as one tall image, for one OpenCV call
+        current, previous = self.hsv[1 : n + 1].reshape(stacked), self.hsv[:n].reshape(stacked)
+        cv2.cvtColor(self.batch[:n].reshape(stacked), cv2.COLOR_BGR2HSV, dst=current)
+        if not self.scores:
+            self.hsv[0] = self.hsv[1]  # the first frame is compared with itself: score 0
+        delta = cv2.absdiff(current, previous)
+        sums = [cv2.sumElems(frame)[:3] for frame in delta.reshape(n, height, width, 3)]
+        # Per frame, as PySceneDetect: sum(channel mean * weight) / sum(|weight|).
+        scores = (np.array(sums) / (height * width) * self.weights).sum(axis=1) / np.abs(self.weights).sum()
+        self.hsv[0] = self.hsv[n]
+        self.filled = 0
+        self.scores += scores.tolist()
+        return [cut for score in scores.tolist() if (cut := self.decider.push(score)) is not None]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,6 +25,9 @@ from typing import NamedTuple
 
 import av
 import cv2
+from av.video.reformatter import VideoReformatter
+
+from panda_jax.files import AtomicFile
 import numpy as np
 
 
@@ -92,7 +97,7 @@ def _looks_like_a_container(path: Path) -> bool:
     return any(head[offset : offset + len(magic)] == magic for offset, magic in _CONTAINER_SIGNATURES)
 
 
-def _open(path: str | os.PathLike) -> av.container.InputContainer:
+def open_container(path: str | os.PathLike) -> av.container.InputContainer:
     """Opens a container with a video stream, turning PyAV's errors into ours."""
     path = Path(path)
     if not path.exists():
@@ -125,14 +130,14 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> float:
 
 def _count_packets(path: str | os.PathLike) -> int:
     """Counts video packets without decoding; for containers that do not store a frame count."""
-    with _open(path) as container:
+    with open_container(path) as container:
         stream = container.streams.video[0]
         return sum(1 for packet in container.demux(stream) if packet.size)
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Reads duration, frame rate, frame count, size and codecs of a video file."""
-    with _open(path) as container:
+    with open_container(path) as container:
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
         num_frames = stream.frames
@@ -186,7 +191,7 @@ class _Decoder:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.container = _open(path)
+        self.container = open_container(path)
         self.stream = self.container.streams.video[0]
         self.fps = _stream_fps(self.stream)
         if not self.fps:
@@ -220,7 +225,7 @@ class _Decoder:
         if time <= 0:
             # Seeking to 0 in MPEG-PS can land on a later keyframe; reopening is exact.
             self.container.close()
-            self.container = _open(self.path)
+            self.container = open_container(self.path)
             self.stream = self.container.streams.video[0]
         else:
             offset = self.start_pts + int(time / self.time_base)
@@ -228,11 +233,7 @@ class _Decoder:
 
     def rgb_converter(self, size: Size | None) -> Callable[[av.VideoFrame], np.ndarray]:
         """Returns a function converting a decoded frame to uint8 RGB at `size`."""
-        out = _output_size(size, self.width, self.height)
-        reformat = dict(format="rgb24", threads=1)
-        if out is not None:
-            reformat.update(width=out[0], height=out[1], interpolation="AREA")
-        return lambda frame: frame.to_ndarray(**reformat)
+        return rgb_converter((self.width, self.height), size)
 
     def frames(self, start: float = 0.0) -> Iterator[tuple[int, float, av.VideoFrame]]:
         """Yields (index, time, frame) for frames with time >= start, still in decoder format.
@@ -268,16 +269,87 @@ def _chain(first: av.VideoFrame, rest: Iterator[av.VideoFrame]) -> Iterator[av.V
     yield from rest
 
 
+def rgb_converter(source: tuple[int, int], size: Size | None) -> Callable[[av.VideoFrame], np.ndarray]:
+    """A function converting decoded frames of a video of `source` (w, h) to uint8 RGB at `size`.
+
+    Resizing averages over source pixels (swscale AREA). One converter reuses its swscale context
+    across frames, which a bare `frame.to_ndarray(...)` sets up anew every time.
+    """
+    out = _output_size(size, *source)
+    reformat: dict[str, object] = dict(format="rgb24", threads=1)
+    if out is not None:
+        reformat.update(width=out[0], height=out[1], interpolation="AREA")
+    reformatter = VideoReformatter()
+    return lambda frame: reformatter.reformat(frame, **reformat).to_ndarray()
+
+
+class _Prefetched:
+    """Decodes in a background thread, a bounded number of frames ahead of the consumer.
+
+    FFmpeg releases the GIL while it decodes, so converting and analysing one frame overlaps
+    with decoding the next ones. Errors in the thread are raised to the consumer.
+    """
+
+    _END = object()
+
+    def __init__(self, frames: Iterator[av.VideoFrame], depth: int):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._decode, args=(frames,), daemon=True, name="panda_jax-decode")
+        self._thread.start()
+
+    def _decode(self, frames: Iterator[av.VideoFrame]) -> None:
+        try:
+            for frame in frames:
+                if not self._put(frame):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
+            self._put(e)
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[av.VideoFrame]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @contextlib.contextmanager
-def decoded_frames(path: str | os.PathLike) -> Iterator[tuple[tuple[int, int], Iterator[av.VideoFrame]]]:
+def decoded_frames(
+    path: str | os.PathLike, prefetch: int = 16
+) -> Iterator[tuple[tuple[int, int], Iterator[av.VideoFrame]]]:
     """Opens a video for one pass over every frame: ((width, height), decoded frames in order).
 
     Frames stay in decoder format (usually YUV), for callers that convert them their own way,
     such as shot detection going straight to its analysis size and colours in one swscale
-    call. No seek, no timestamps: the cheapest way through a whole video.
+    call. No seek, no timestamps: the cheapest way through a whole video. With `prefetch` > 0
+    a background thread decodes up to that many frames ahead.
     """
     with _Decoder(path) as decoder:
-        yield (decoder.width, decoder.height), decoder._decoded()
+        if prefetch <= 0:
+            yield (decoder.width, decoder.height), decoder._decoded()
+            return
+        frames = _Prefetched(decoder._decoded(), prefetch)
+        try:
+            yield (decoder.width, decoder.height), iter(frames)
+        finally:
+            frames.close()
 
 
 def iter_frames(
@@ -396,9 +468,8 @@ class VideoWriter:
         container_options = {"fflags": "+bitexact"}
         if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") and self.fps.denominator == 1:
             container_options["video_track_timescale"] = str(self.fps.numerator)  # stored pts == index
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
-        self.container = av.open(str(self._tmp), mode="w", container_options=container_options)
+        self._file = AtomicFile(self.path)
+        self.container = av.open(str(self._file.temporary), mode="w", container_options=container_options)
         self.stream = None
         self.count = 0
 
@@ -430,11 +501,11 @@ class VideoWriter:
             raise ValueError(f"{self.path}: no frames were written, so no video was made")
         self.container.mux(self.stream.encode(None))
         self.container.close()
-        os.replace(self._tmp, self.path)
+        self._file.commit()
 
     def abort(self) -> None:
         self.container.close()
-        self._tmp.unlink(missing_ok=True)
+        self._file.discard()
 
     def __enter__(self) -> VideoWriter:
         return self

@@ -12,14 +12,11 @@ Panda-70M, every shot is represented by two frame embeddings (near its start and
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from panda_jax.video import io
-from panda_jax.video.embedders import FrameEmbedder
 from panda_jax.video.shots import Shot
 
 
@@ -45,33 +42,13 @@ class Event:
     shot_count: int
 
 
-def sample_frames(shot: Shot, positions: tuple[float, float] = (0.05, 0.95)) -> tuple[int, int]:
-    """Frame indices at the given fractions between a shot's first and last frame."""
+def sample_frames(shot: Shot, positions: Sequence[float] = (0.05, 0.95)) -> tuple[int, ...]:
+    """Frame indices at the given fractions between a shot's first and last frame.
+
+    The frames are taken during shot detection's decoding pass (panda_jax.video.scan).
+    """
     first, last = shot[0], shot[1] - 1
     return tuple(int(first + fraction * (last - first)) for fraction in positions)
-
-
-def embed_shots(
-    path: str | os.PathLike,
-    shots: Sequence[Shot],
-    embedder: FrameEmbedder,
-    image_size: int = 224,
-    positions: tuple[float, float] = (0.05, 0.95),
-    batch_shots: int = 64,
-) -> np.ndarray:
-    """Embeds two frames per shot, resized to image_size² without crop: [n_shots, 2, d].
-
-    Frames are read `batch_shots` shots at a time, so memory does not grow with the video.
-    """
-    batches = []
-    for i in range(0, len(shots), batch_shots):
-        indices = [index for shot in shots[i : i + batch_shots] for index in sample_frames(shot, positions)]
-        frames = io.read_frames(path, indices, size=(image_size, image_size))
-        embeddings = np.asarray(embedder.embed(frames), np.float32)
-        batches.append(embeddings.reshape(-1, 2, embeddings.shape[-1]))
-    if not batches:
-        return np.zeros((0, 2, 0), np.float32)
-    return np.concatenate(batches)
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,6 +18,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 
+import av
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,37 +26,57 @@ from flax import nnx
 
 from panda_jax.models import transnetv2
 from panda_jax.video import io
-from panda_jax.video.shots import Shot, cuts_to_shots
+from panda_jax.video.scan import scan
+from panda_jax.video.shots import CutUpdate, Shot, cuts_to_shots
 
 WINDOW = 100  # frames the model sees at once
 STRIDE = 50  # frames between window starts, and frames of output kept per window
 CONTEXT = (WINDOW - STRIDE) // 2  # frames of context on each side of the kept 50
 
 
-def windows(frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
-    """Cuts a stream of frames into the reference's overlapping windows.
+class Windows:
+    """Cuts a stream of frames into the reference's overlapping windows, as the frames arrive.
 
-    Yields ([WINDOW, h, w, 3] frames, how many of its kept STRIDE predictions are real frames).
     Window k holds padded frames [50k, 50k + 100), where the padded video is 25 copies of the
     first frame, the video, then copies of the last frame; it predicts frames [50k, 50k + 50).
-    Only the frames of the next window are held.
+    Each window comes with how many of its kept STRIDE predictions are real frames. Only the
+    frames of the next window are held.
     """
-    buffer: list[np.ndarray] = []
-    remaining = 0  # frames read but not yet predicted by a yielded window
+
+    def __init__(self) -> None:
+        self.buffer: list[np.ndarray] = []
+        self.remaining = 0  # frames read but not yet predicted by a window given out
+
+    def add(self, frame: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        if not self.buffer:
+            self.buffer = [frame] * CONTEXT
+        self.buffer.append(frame)
+        self.remaining += 1
+        if len(self.buffer) < WINDOW:
+            return []
+        return [self._take(STRIDE)]
+
+    def _take(self, real: int) -> tuple[np.ndarray, int]:
+        window = np.stack(self.buffer)
+        self.remaining -= STRIDE
+        del self.buffer[:STRIDE]
+        return window, real
+
+    def finish(self) -> list[tuple[np.ndarray, int]]:
+        """The windows over the last frames, padded with copies of the last frame."""
+        out = []
+        while self.remaining > 0:
+            self.buffer += [self.buffer[-1]] * (WINDOW - len(self.buffer))
+            out.append(self._take(min(self.remaining, STRIDE)))
+        return out
+
+
+def windows(frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, int]]:
+    """All windows of a sequence of frames (see `Windows`)."""
+    cutter = Windows()
     for frame in frames:
-        if not buffer:
-            buffer = [frame] * CONTEXT
-        buffer.append(frame)
-        remaining += 1
-        if len(buffer) == WINDOW:
-            yield np.stack(buffer), STRIDE
-            remaining -= STRIDE
-            del buffer[:STRIDE]
-    while remaining > 0:
-        buffer += [buffer[-1]] * (WINDOW - len(buffer))
-        yield np.stack(buffer), min(remaining, STRIDE)
-        remaining -= STRIDE
-        del buffer[:STRIDE]
+        yield from cutter.add(frame)
+    yield from cutter.finish()
 
 
 def shots_from_predictions(probabilities: np.ndarray, threshold: float = 0.5) -> list[Shot]:
@@ -111,32 +132,16 @@ class TransNetV2Detector:
         padding = [np.zeros_like(batch[0])] * (self.batch_windows - len(batch))
         return self._compiled(self._state, np.stack(batch + padding))
 
+    def stream(self, size: tuple[int, int]) -> TransNetV2Stream:
+        return TransNetV2Stream(self, size)
+
     def predict_frames(self, frames: Iterable[np.ndarray]) -> np.ndarray:
         """Per-frame probabilities that a frame is the last of its shot, for uint8 [27, 48, 3] frames."""
-        self.compile()
-        kept: list[np.ndarray] = []
-        pending: deque[tuple[jax.Array, list[int]]] = deque()  # scores in flight, real frames per window
-        batch: list[np.ndarray] = []
-        real: list[int] = []
-
-        def collect_oldest() -> None:
-            scores, counts = pending.popleft()
-            kept.extend(window[:n] for window, n in zip(np.asarray(scores), counts))
-
-        for window, n in windows(frames):
-            batch.append(window)
-            real.append(n)
-            if len(batch) == self.batch_windows:
-                pending.append((self._score(batch), real))
-                batch, real = [], []
-                # Keep one batch queued behind the one computing, and no more: memory stays flat.
-                if len(pending) > 2:
-                    collect_oldest()
-        if batch:
-            pending.append((self._score(batch), real))
-        while pending:
-            collect_oldest()
-        return np.concatenate(kept) if kept else np.zeros(0, np.float32)
+        stream = TransNetV2Stream(self)
+        for frame in frames:
+            stream.push_small(frame)
+        stream.finish()
+        return np.concatenate(stream.probabilities) if stream.probabilities else np.zeros(0, np.float32)
 
     def predictions(self, path: str | os.PathLike) -> np.ndarray:
         """Per-frame probabilities for a video file, decoded at 48×27 as the model expects."""
@@ -145,4 +150,68 @@ class TransNetV2Detector:
 
     def detect(self, path: str | os.PathLike) -> list[Shot]:
         """Shots partitioning the decoded frames; a video with no cut is one shot."""
-        return shots_from_predictions(self.predictions(path), self.threshold)
+        return scan(path, self).shots
+
+
+class TransNetV2Stream:
+    """A video through TransNetV2: windows are scored as they fill, cuts decided as scores return.
+
+    One batch of windows computes while the next fills (JAX dispatches asynchronously); at most
+    two are in flight, so memory stays flat.
+    """
+
+    def __init__(self, detector: TransNetV2Detector, source: tuple[int, int] | None = None):
+        detector.compile()
+        self.detector = detector
+        size = (transnetv2.FRAME_WIDTH, transnetv2.FRAME_HEIGHT)
+        self.convert = io.rgb_converter(source, size) if source is not None else None
+        self.windows = Windows()
+        self.batch: list[np.ndarray] = []
+        self.real: list[int] = []
+        self.in_flight: deque[tuple[jax.Array, list[int]]] = deque()
+        self.probabilities: list[np.ndarray] = []
+        self.predicted = 0
+        self.previous_above = False
+
+    def push(self, frame: av.VideoFrame) -> CutUpdate:
+        return self.push_small(self.convert(frame))
+
+    def push_small(self, frame: np.ndarray) -> CutUpdate:
+        """Takes a frame already at the model's 48×27."""
+        for window, real in self.windows.add(frame):
+            self._queue(window, real)
+        cuts = self._collect(keep=2)
+        return CutUpdate(cuts, self.predicted)
+
+    def finish(self) -> CutUpdate:
+        for window, real in self.windows.finish():
+            self._queue(window, real)
+        if self.batch:
+            self._dispatch()
+        return CutUpdate(self._collect(keep=0), self.predicted)
+
+    def _queue(self, window: np.ndarray, real: int) -> None:
+        self.batch.append(window)
+        self.real.append(real)
+        if len(self.batch) == self.detector.batch_windows:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        self.in_flight.append((self.detector._score(self.batch), self.real))
+        self.batch, self.real = [], []
+
+    def _collect(self, keep: int) -> list[int]:
+        """Waits for all but `keep` batches in flight; returns the cuts their scores decide."""
+        cuts = []
+        while len(self.in_flight) > keep:
+            scores, counts = self.in_flight.popleft()
+            for window, n in zip(np.asarray(scores), counts):
+                kept = window[:n]
+                self.probabilities.append(kept)
+                for probability in kept.tolist():
+                    above = probability > self.detector.threshold
+                    if self.previous_above and not above:
+                        cuts.append(self.predicted)  # this frame starts a shot (shots_from_predictions)
+                    self.previous_above = above
+                    self.predicted += 1
+        return cuts

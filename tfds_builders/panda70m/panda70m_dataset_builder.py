@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,28 +33,19 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from panda_jax import split
-from panda_jax.data import official, synthetic, testmedia
-from panda_jax.data.records import read_jsonl
-from panda_jax.data.subtitles import SUFFIXES, SubtitleError, overlapping_text, read_subtitles
+from panda_jax import split, stages
+from panda_jax.data.sources import (
+    MANUAL_INSTRUCTIONS, ClipCaptions, VideoJob, local_captions, local_jobs, official_jobs, sample_jobs,
+)
+from panda_jax.data.subtitles import overlapping_text
+from panda_jax.records import Clip, Failure, Problem, Video, read_records
 from panda_jax.models import lpips
 from panda_jax.video import io, metrics
 from panda_jax.video.sampling import uniform_indices
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".m4v")
 UNKNOWN = -1.0  # matching_score / max_running_lpips / teacher score when not computed
-
-_MANUAL_INSTRUCTIONS = """\
-config `local`: put in the manual dir either a `videos.jsonl` (DESIGN.md `videos` records,
-paths relative to it) or video files with optional sidecars `<stem>.json` ({"title": ...,
-"description": ...}) and `<stem>.srt` / `.vtt` / `.ass` / `.ssa`. Optional: `captions.jsonl`,
-`selection.jsonl` (caption stage records) and `split/clips.jsonl` (split records to reuse).
-config `official`: exactly one official Panda-70M CSV in the manual dir, beside the shard
-folders that video2dataset (`--output_format files`) downloaded into it.
-"""
-
 
 @dataclasses.dataclass(eq=False)
 class Panda70mConfig(tfds.core.BuilderConfig):
@@ -82,29 +72,6 @@ class Panda70mConfig(tfds.core.BuilderConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class VideoJob:
-    """One video and everything its examples need; the unit of (Beam) parallel work."""
-
-    video_id: str
-    path: str
-    title: str = ""
-    description: str = ""
-    subtitles: tuple[dict[str, Any], ...] = ()
-    # Synthetic ground-truth events in seconds: ({start, end, caption}, ...).
-    events: tuple[dict[str, Any], ...] = ()
-    # Split records to reuse instead of splitting again; None splits the video.
-    clips: tuple[dict[str, Any], ...] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ClipCaptions:
-    """Caption stage records of a manual dir, by clip id."""
-
-    captions: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
-    selection: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
 class BuildSettings:
     """What the workers need besides the video: plain data, so Beam can pickle it."""
 
@@ -122,16 +89,24 @@ def sample_indices(start_frame: int, end_frame: int, num_frames: int) -> list[in
     return (start_frame + uniform_indices(max(end_frame - start_frame, 1), num_frames)).tolist()
 
 
+@functools.cache
+def _split_stage(detector: str, preset: str) -> split.SplitStage:
+    """One split stage per process (each Beam worker makes its own), so its detector loads once."""
+    config = split.load_config()
+    config.detector, config.preset = detector, preset
+    return split.SplitStage(config)
+
+
 def _split_clips(job: VideoJob, settings: BuildSettings) -> list[dict[str, Any]] | None:
-    """Splits the video with the split CLI's `run`; None when the video failed."""
+    """Splits the video with the split stage (records in work_dir/split/<video_id>); None when it failed."""
     out = Path(settings.work_dir) / "split" / job.video_id
-    split_settings = split.Settings(detector=settings.detector, preset=settings.preset, stitch=True)
-    summary = split.run([split.VideoInput(job.video_id, Path(job.path))], out, split_settings, split.load_config())
-    if summary["failed"]:
-        (failure,) = read_jsonl(out / "failures.jsonl")
-        log.warning("skipping %s: %s (recorded in %s)", job.path, failure["error"], out / "failures.jsonl")
+    video = Video(video_id=job.video_id, path=job.path)
+    summary = stages.run(_split_stage(settings.detector, settings.preset), [split.video_shard(video)], out, share=(0, 1))
+    if summary.failed:
+        (failure,) = read_records(out / "failures.jsonl", Failure)
+        log.warning("skipping %s: %s (recorded in %s)", job.path, failure.error, out / "failures.jsonl")
         return None
-    return list(read_jsonl(out / "clips.jsonl"))
+    return [clip.to_dict() for clip in read_records(out / "clips.jsonl", Clip)]
 
 
 def _ground_truth_caption(job: VideoJob, start: float, end: float) -> str:
@@ -234,143 +209,6 @@ def video_examples(job: VideoJob, settings: BuildSettings) -> list[tuple[str, di
     return examples
 
 
-def _read_sidecar_metadata(video: Path) -> dict[str, str]:
-    sidecar = video.with_suffix(".json")
-    if not sidecar.exists():
-        return {}
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        log.warning("ignoring unreadable metadata %s: %s", sidecar, e)
-        return {}
-    return {k: str(meta.get(k, "")) for k in ("title", "description")}
-
-
-def _read_sidecar_subtitles(video: Path) -> list[dict[str, Any]]:
-    for suffix in SUFFIXES:
-        path = video.with_suffix(suffix)
-        if path.exists():
-            try:
-                return read_subtitles(path)
-            except (OSError, UnicodeDecodeError, SubtitleError) as e:
-                log.warning("ignoring unreadable subtitles %s: %s", path, e)
-    return []
-
-
-def local_jobs(manual_dir: Path) -> list[VideoJob]:
-    """The videos of a `local` manual dir, with their metadata and any split records to reuse."""
-    clips_file = manual_dir / "split" / "clips.jsonl"
-    reuse: dict[str, list[dict[str, Any]]] = {}
-    if clips_file.exists():
-        for clip in read_jsonl(clips_file):
-            reuse.setdefault(clip["video_id"], []).append(clip)
-    jobs = []
-    if (manual_dir / "videos.jsonl").exists():
-        for record in read_jsonl(manual_dir / "videos.jsonl"):
-            video_id = str(record["video_id"])
-            jobs.append(VideoJob(
-                video_id=video_id,
-                path=str(manual_dir / record["path"]),
-                title=record.get("title", ""),
-                description=record.get("description", ""),
-                subtitles=tuple(record.get("subtitles", ())),
-                clips=tuple(reuse[video_id]) if video_id in reuse else None,
-            ))
-        return jobs
-    videos = sorted(p for p in manual_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    if not videos:
-        raise FileNotFoundError(
-            f"{manual_dir} has no videos.jsonl and no video files ({', '.join(VIDEO_SUFFIXES)}).\n{_MANUAL_INSTRUCTIONS}"
-        )
-    for video in videos:
-        meta = _read_sidecar_metadata(video)
-        jobs.append(VideoJob(
-            video_id=video.stem,
-            path=str(video),
-            title=meta.get("title", ""),
-            description=meta.get("description", ""),
-            subtitles=tuple(_read_sidecar_subtitles(video)),
-            clips=tuple(reuse[video.stem]) if video.stem in reuse else None,
-        ))
-    return jobs
-
-
-def local_captions(manual_dir: Path) -> ClipCaptions:
-    """`captions.jsonl` and `selection.jsonl` of a manual dir, by clip id (both optional)."""
-    captions: dict[str, list[dict[str, Any]]] = {}
-    if (manual_dir / "captions.jsonl").exists():
-        for record in read_jsonl(manual_dir / "captions.jsonl"):
-            captions.setdefault(record["clip_id"], []).append(record)
-    selection = {}
-    if (manual_dir / "selection.jsonl").exists():
-        selection = {r["clip_id"]: r for r in read_jsonl(manual_dir / "selection.jsonl")}
-    return ClipCaptions(captions, selection)
-
-
-def official_jobs(manual_dir: Path) -> list[VideoJob]:
-    """The clips of the official CSV in `manual_dir` that video2dataset downloaded there, one job per file.
-
-    Missing, failed and malformed clips are counted by `official.join`, logged and skipped.
-    """
-    csvs = sorted(manual_dir.glob("*.csv"))
-    if len(csvs) != 1:
-        raise FileNotFoundError(
-            f"config `official` needs exactly one Panda-70M CSV in {manual_dir}, found {len(csvs)}: "
-            f"{', '.join(p.name for p in csvs) or 'none'}"
-        )
-    joined, report = official.join(csvs[0], manual_dir)
-    log.info("official join: %s", report.summary())
-    for problem in report.problems:
-        log.warning("skipped CSV line %d (%s): %s", problem.line, problem.video_id, problem.reason)
-    by_file: dict[Path, list[Any]] = {}
-    for item in joined:
-        by_file.setdefault(item.path, []).append(item)
-    return [
-        VideoJob(
-            video_id=items[0].clip.video_id,
-            path=str(path),
-            clips=tuple(
-                {
-                    "clip_id": j.clip.clip_id, "video_id": j.clip.video_id,
-                    "start": j.clip.start, "end": j.clip.end, "file_start": j.start, "file_end": j.end,
-                    "caption": j.clip.caption, "matching_score": j.clip.matching_score,
-                }
-                for j in items
-            ),
-        )
-        for path, items in by_file.items()
-    ]
-
-
-def sample_jobs(config: Panda70mConfig, work_dir: Path) -> list[VideoJob]:
-    """Generates (or reuses) the synthetic corpus and adds cityCC0.mpg."""
-    corpus = work_dir / "synthetic"
-    records_file = corpus / "videos.jsonl"
-    records = list(read_jsonl(records_file)) if records_file.exists() else []
-    if len(records) != config.sample_videos:
-        records = synthetic.generate_corpus(
-            corpus, config.sample_videos, config.sample_seed,
-            size=config.sample_video_size, duration=config.sample_duration,
-        )
-    jobs = [
-        VideoJob(
-            video_id=r["video_id"],
-            path=str(corpus / r["path"]),
-            title=r["title"],
-            description=r["description"],
-            subtitles=tuple(r["subtitles"]),
-            events=tuple(
-                {"start": e["start_frame"] / r["fps"], "end": e["end_frame"] / r["fps"], "caption": e["caption"]}
-                for e in r["gt_events"]
-            ),
-        )
-        for r in records
-    ]
-    if config.sample_include_city:
-        jobs.append(VideoJob(video_id="cityCC0", path=str(testmedia.fetch("city")), title="cityCC0"))
-    return jobs
-
-
 class FrameImage(tfds.features.Image):
     """A JPEG frame whose NumPy batch decoding is one uint8 [n, h, w, 3] array, not a list.
 
@@ -414,7 +252,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # builds without a manual dir; `local` and `official` are found by name (get_builder_config).
     BUILDER_CONFIGS = [SAMPLE_CONFIG]
     DEFAULT_CONFIG_NAME = "sample"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
+    MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_INSTRUCTIONS
 
     @classmethod
     def get_builder_config(cls, name: str, version: str | tfds.core.Version | None = None) -> tfds.core.BuilderConfig | None:
@@ -462,13 +300,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         config: Panda70mConfig = self.builder_config
         work_dir = self._work_dir()
         captions = ClipCaptions()
+        self._input_problems: list[Problem] = []
         if config.source == "sample":
-            jobs = sample_jobs(config, work_dir)
+            jobs = sample_jobs(work_dir, config.sample_videos, config.sample_seed, config.sample_video_size,
+                               config.sample_duration, config.sample_include_city)
         elif config.source == "local":
-            jobs = local_jobs(Path(dl_manager.manual_dir))
-            captions = local_captions(Path(dl_manager.manual_dir))
+            jobs = local_jobs(Path(dl_manager.manual_dir), self._input_problems)
+            captions = local_captions(Path(dl_manager.manual_dir), self._input_problems)
         elif config.source == "official":
-            jobs = official_jobs(Path(dl_manager.manual_dir))
+            jobs = official_jobs(Path(dl_manager.manual_dir), self._input_problems)
         else:
             raise ValueError(f"config {config.name!r} has unknown source {config.source!r}; use sample, local or official")
         settings = BuildSettings(
@@ -504,6 +344,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def download_and_prepare(self, *args, **kwargs) -> None:
         """Builds tfrecord shards, then adds array_record copies so `tfds.data_source` reads them too."""
         super().download_and_prepare(*args, **kwargs)
+        problems = getattr(self, "_input_problems", [])
+        if problems:
+            log.warning("panda70m/%s: %d inputs were skipped (each named in a warning above), e.g. %s: %s",
+                        self.builder_config.name, len(problems), problems[0].source, problems[0].error)
         self._restore_alternative_formats()
         array_record = tfds.core.FileFormat.ARRAY_RECORD
         if self.info.file_format != tfds.core.FileFormat.TFRECORD or array_record in self.info.alternative_file_formats:
