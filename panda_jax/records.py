@@ -54,6 +54,8 @@ class Problem(NamedTuple):
 
 def shown(value: Any, limit: int = 60) -> str:
     """`repr(value)` cut to `limit` characters, for error messages about hostile input."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}...({len(value)} characters)"
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} characters)"
 
@@ -155,11 +157,11 @@ def _teacher(value: Any) -> str:
 
 def _spans(value: Any) -> tuple[tuple[int, int], ...]:
     """[[start, end), ...] frame spans, in order, not overlapping."""
-    if not isinstance(value, list):
+    if not isinstance(value, (list, tuple)):
         raise ValueError(f"must be a list of [start, end] pairs, got {type(value).__name__}")
     spans = []
     for item in value:
-        if not isinstance(item, list) or len(item) != 2:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
             raise ValueError(f"{shown(item)} is not a [start, end] pair")
         start, end = _count(item[0]), _count(item[1])
         if end <= start or (spans and start < spans[-1][1]):
@@ -169,7 +171,7 @@ def _spans(value: Any) -> tuple[tuple[int, int], ...]:
 
 
 def _subtitles(value: Any) -> tuple[dict[str, Any], ...]:
-    if not isinstance(value, list):
+    if not isinstance(value, (list, tuple)):
         raise ValueError(f"must be a list of {{start, end, text}}, got {type(value).__name__}")
     lines = []
     for item in value:
@@ -195,11 +197,12 @@ def _field(check: Callable[[Any], Any], default: Any = dataclasses.MISSING) -> A
 T = TypeVar("T", bound="Record")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Record:
     """Base of the stage records: checked construction from JSON objects and back."""
 
     KIND: ClassVar[str]
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # fields the type does not know
 
     @classmethod
     def from_dict(cls: type[T], data: Any) -> T:
@@ -213,7 +216,8 @@ class Record:
                 try:
                     values[field.name] = field.metadata["check"](data[field.name])
                 except (ValueError, TypeError) as e:
-                    raise RecordError(f"{field.name}: {e}") from None
+                    message = str(e)
+                    raise RecordError(message if message.startswith(field.name) else f"{field.name}: {message}") from None
             elif field.default is dataclasses.MISSING:
                 raise RecordError(f"a {cls.KIND} record needs {field.name!r} (it has {', '.join(map(repr, data)) or 'no fields'})")
         names = {f.name for f in known}
@@ -234,7 +238,7 @@ class Record:
         return out | self.extra
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Video(Record):
     KIND: ClassVar[str] = "videos"
     video_id: str = _field(_video_id)
@@ -247,10 +251,9 @@ class Video(Record):
     num_frames: int | None = _field(_optional(_count), None)
     width: int | None = _field(_optional(_count), None)
     height: int | None = _field(_optional(_count), None)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Shots(Record):
     KIND: ClassVar[str] = "shots"
     video_id: str = _field(_video_id)
@@ -259,14 +262,13 @@ class Shots(Record):
     detector: str = _field(_nonempty_string)
     shots: tuple[tuple[int, int], ...] = _field(_spans)
     container_frames: int | None = _field(_optional(_count), None)  # what the container states
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
         if self.shots and self.shots[-1][1] > self.num_frames:
             raise RecordError(f"shots: the last shot ends at frame {self.shots[-1][1]}, after num_frames {self.num_frames}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Clip(Record):
     KIND: ClassVar[str] = "clips"
     clip_id: str = _field(_clip_id)
@@ -280,7 +282,6 @@ class Clip(Record):
     # which it really starts (a stream copy starts at the keyframe at or before `start`).
     file: str | None = _field(_optional(_nonempty_string), None)
     file_start: float | None = _field(_optional(_seconds), None)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
         if not self.clip_id.startswith(f"{self.video_id}."):
@@ -293,17 +294,16 @@ class Clip(Record):
             raise RecordError(f"clip {self.clip_id}: start_frame and end_frame must both be given, end after start")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Caption(Record):
     KIND: ClassVar[str] = "captions"
     clip_id: str = _field(_clip_id)
     teacher: str = _field(_teacher)
     caption: str = _field(_string)
     prompt_version: str = _field(_string, "")
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Selection(Record):
     KIND: ClassVar[str] = "selection"
     clip_id: str = _field(_clip_id)
@@ -311,10 +311,9 @@ class Selection(Record):
     teacher: str = _field(_teacher)
     matching_score: float = _field(_probability)
     scores: dict[str, float] = _field(_scores, None)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Failure(Record):
     """An item a stage could not process. `item_id` is shown, never used as a path."""
 
@@ -323,7 +322,6 @@ class Failure(Record):
     item_id: str = _field(_string)
     source: str = _field(_string)
     error: str = _field(_nonempty_string)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, stage: str, problem: Problem) -> Failure:

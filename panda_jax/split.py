@@ -260,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.perf_counter()
     summary = stages.run(stage, [video_shard(v) for v in videos], args.out, args.workers, problems)
     failed = summary.failed + len(problems)
+    if not summary.merged:  # another process of a multi-host run writes the merged records
+        print(f"split this process's {summary.shards} videos ({summary.failed} failed) in {time.perf_counter() - began:.1f} s")
+        return 1 if failed else 0
     mismatched = [s for s in read_records(args.out / "shots.jsonl", Shots) if s.container_frames != s.num_frames]
     print(
         f"split {summary.shards - summary.failed}/{summary.shards + len(problems)} videos "

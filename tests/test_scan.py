@@ -70,8 +70,8 @@ def test_sampler_takes_every_pieces_frames_and_holds_few(seed):
 
     def add(index, frame):
         original_add(index, frame)
-        assert all(sampler.may_need(i) for i in sampler.kept)  # nothing held that no piece can need
-        held.append((len(sampler.kept), index - sampler.state.horizon, len(sampler.state.pending)))
+        assert all(sampler.may_need(i) for i in sampler.held)  # nothing held that no piece can need
+        held.append((len(sampler.held), index - sampler.state.horizon, len(sampler.state.pending)))
 
     sampler.add = add
 

@@ -342,6 +342,9 @@ def decoded_frames(
     a background thread decodes up to that many frames ahead.
     """
     with _Decoder(path) as decoder:
+        # More frames in flight than FFmpeg's default (cores + 1) keeps the cores busy while
+        # this thread converts and analyses: about 8 % faster on 2 cores (measured on the film).
+        decoder.stream.codec_context.thread_count = min(3 * (os.cpu_count() or 1), 16)
         if prefetch <= 0:
             yield (decoder.width, decoder.height), decoder._decoded()
             return

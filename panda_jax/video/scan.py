@@ -2,18 +2,16 @@
 
 Stitching embeds two frames of every shot piece, at 5 % and 95 % of its length. After the
 long-shot rule no piece lasts more than 7 s, so those frames lie within about 0.35 s of the
-piece's ends. The pass therefore keeps only a few frames: the last ones decoded (as decoder
-frames, not yet converted) and, converted to the stitching size, those near a boundary that
-is certain or may still come: the start of the open piece and its possible long-shot
-boundaries, cuts the detector is still deciding (`CutUpdate.pending`), and everything after
-the point up to which the detector has decided (`CutUpdate.horizon`). When a piece becomes
-certain its two frames are taken, and embedded in batches. Memory stays flat however long the
-video is, and the video is decoded once.
+piece's ends, and the pass needs to hold only the few frames that a piece can still take: the
+pieces now open may end at a long-shot boundary, at a cut the detector is still deciding
+(`CutUpdate.pending`) or at any frame after the point up to which it has decided
+(`CutUpdate.horizon`). Held frames stay as the decoder gave them, up to a memory budget; the
+two a piece takes are converted to the stitching size once the piece is certain, and embedded
+in batches. The video is decoded once and memory stays flat however long it is.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import os
@@ -26,7 +24,7 @@ from panda_jax.video.embedders import FrameEmbedder
 from panda_jax.video.shots import CutUpdate, LongShotPieces, Shot, ShotDetector, ShotStream, cuts_to_shots
 from panda_jax.video.stitch import sample_frames
 
-RAW_FRAME_BUDGET = 96 * 2**20  # bytes of undecoded-size frames held back before converting
+RAW_FRAME_BUDGET = 64 * 2**20  # bytes of decoded frames held before converting them to the stitching size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +47,10 @@ class Scan:
 class FrameSampler:
     """Holds the frames that certain or possible shot pieces may need, and samples certain pieces.
 
-    `convert` turns a held frame into what `embed` takes (decoded frame -> uint8 RGB image);
-    tests use plain numbers for both.
+    Frames are held as decoded (converting costs about half as much as decoding) and converted
+    to the stitching size only when a piece takes them, or when more than `raw_limit` would be
+    held as decoded. `convert` turns a decoded frame into what `embed` takes (uint8 RGB at the
+    stitching size); tests use plain numbers for both.
     """
 
     def __init__(
@@ -64,58 +64,79 @@ class FrameSampler:
         raw_limit: int = 32,
     ):
         self.convert, self.embed, self.positions = convert, embed, tuple(positions)
-        longest = max(math.floor(max_piece_frames) - 1, 0)
+        self.longest = max(math.floor(max_piece_frames) - 1, 0)  # a piece's last frame minus its first, at most
         # How far from the nearest end of its piece a sampled frame can be.
-        self.reach = math.ceil(max(min(f, 1 - f) for f in self.positions) * longest) + 1
+        self.reach = math.ceil(max(min(f, 1 - f) for f in self.positions) * self.longest) + 1
         self.period = piece_frames
         self.batch = len(self.positions) * batch_shots
         self.raw_limit = max(raw_limit, 1)
-        self.raw: collections.deque[tuple[int, object]] = collections.deque()
-        self.kept: dict[int, np.ndarray] = {}
+        self.raw: dict[int, object] = {}  # held frames as decoded, oldest first
+        self.converted: dict[int, np.ndarray] = {}  # held frames converted, when too many were raw
         self.waiting: list[np.ndarray] = []
         self.embedded: list[np.ndarray] = []
         self.state = CutUpdate([], 0)
         self.start = 0
+        self.seen = 0  # frames added so far
+        self.spans = self._possible_samples()
 
-    def _near_boundaries(self, index: int, origin: int) -> bool:
-        """Whether `index` is within reach of origin + k * period for some k >= 0."""
-        if index < origin - self.reach - 1:
-            return False
-        offset = (index - origin) % self.period
-        return offset <= self.reach or offset >= self.period - self.reach - 1
+    def _possible_samples(self) -> list[tuple[int, int]]:
+        """Spans (inclusive) of the frames that pieces still open or about to open may take.
+
+        Pieces start at the open piece's start, or at a pending cut, or at long-shot boundaries
+        after them, and end at the next long-shot boundary, at a pending cut, or anywhere from
+        the first frame a new cut can come at (the horizon) to their longest. Pieces starting at
+        or after the horizon are covered by holding every frame near it.
+        """
+        state, seen = self.state, self.seen
+        earliest = min((state.horizon, *state.pending))
+        spans = []
+        for first in (self.start, *(p for p in state.pending if p > self.start)):
+            for origin in range(first, max(seen, first) + 1, self.period):
+                ends = [origin + self.period, *(p for p in state.pending if p > origin)]
+                lowest = max(earliest, origin + 1)
+                for f in self.positions:
+                    spans += [(origin + int(f * (end - 1 - origin)),) * 2 for end in ends]
+                    spans.append((origin + int(f * (lowest - 1 - origin)), origin + int(f * self.longest)))
+        return spans
 
     def may_need(self, index: int) -> bool:
         if index < self.start:
             return False  # every piece before the open one is sampled already
-        if index >= self.state.horizon - self.reach - 1 or self._near_boundaries(index, self.start):
-            return True
-        return any(self._near_boundaries(index, p) for p in self.state.pending)
+        if index >= self.state.horizon - self.reach - 1:
+            return True  # near cuts still undecided
+        return any(low <= index <= high for low, high in self.spans)
 
     def add(self, index: int, frame: object) -> None:
-        """Holds the frame just decoded; frames older than the raw window are converted or dropped."""
-        self.raw.append((index, frame))
-        if len(self.raw) > self.raw_limit:
-            old_index, old_frame = self.raw.popleft()
-            if self.may_need(old_index):
-                self.kept[old_index] = self.convert(old_frame)
+        """Holds the frame just decoded; converts the oldest raw ones beyond `raw_limit`."""
+        self.raw[index] = frame
+        self.seen = index + 1
+        while len(self.raw) > self.raw_limit:
+            oldest = next(iter(self.raw))
+            self.converted[oldest] = self.convert(self.raw.pop(oldest))
 
-    def _frame(self, index: int) -> np.ndarray:
-        if index in self.kept:
-            return self.kept[index]
-        if self.raw and self.raw[0][0] <= index <= self.raw[-1][0]:
-            return self.convert(self.raw[index - self.raw[0][0]][1])
+    @property
+    def held(self) -> list[int]:
+        return [*self.converted, *self.raw]
+
+    def _image(self, index: int) -> np.ndarray:
+        if index in self.converted:
+            return self.converted[index]
+        if index in self.raw:
+            return self.convert(self.raw[index])
         raise RuntimeError(f"frame {index} was not held for stitching; this is a bug in panda_jax.video.scan")
 
     def take(self, pieces: Sequence[Shot], state: CutUpdate, start: int) -> None:
         """Samples newly certain pieces; `state` and `start` say what is open now."""
         for piece in pieces:
-            self.waiting += [self._frame(i) for i in sample_frames(piece, self.positions)]
+            self.waiting += [self._image(i) for i in sample_frames(piece, self.positions)]
             if len(self.waiting) >= self.batch:
                 self._embed()
         changed = pieces or (state.horizon, state.pending) != (self.state.horizon, self.state.pending)
         self.state, self.start = state, start
-        if changed and self.kept:
-            self.kept = {i: frame for i, frame in self.kept.items() if self.may_need(i)}
+        if changed:
+            self.spans = self._possible_samples()
+            self.raw = {i: frame for i, frame in self.raw.items() if self.may_need(i)}
+            self.converted = {i: image for i, image in self.converted.items() if self.may_need(i)}
 
     def _embed(self) -> None:
         if self.waiting:
