@@ -22,6 +22,7 @@ import numpy as np
 
 from panda_jax.data import testmedia
 from panda_jax.video import io
+from panda_jax.video.writer import VideoWriter
 
 WIDTH = 256
 
@@ -89,7 +90,7 @@ def make_long_video(directory: Path, seconds: int = 60, fps: int = 30) -> Path:
     path = directory / "long_640x360.mp4"
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:360, 0:640]
-    with io.VideoWriter(path, fps, options={"crf": "23", "preset": "veryfast", "g": "250"}) as writer:
+    with VideoWriter(path, fps, options={"crf": "23", "preset": "veryfast", "g": "250"}) as writer:
         for i in range(seconds * fps):
             if i % (5 * fps) == 0:
                 colors = rng.integers(0, 256, (2, 3))

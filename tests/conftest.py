@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from panda_jax.data import testmedia
-from panda_jax.video import io
+from panda_jax.video.writer import VideoWriter
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +60,7 @@ def counter_video(tmp_path_factory) -> Callable[..., Path]:
         if key not in made:
             path = tmp_path_factory.mktemp("counter") / f"counter_{codec}{suffix}"
             bit_rate = None if codec == "libx264" else 4_000_000
-            with io.VideoWriter(path, fps, codec=codec, bit_rate=bit_rate) as writer:
+            with VideoWriter(path, fps, codec=codec, bit_rate=bit_rate) as writer:
                 for i in range(num_frames):
                     writer.write(counter_frame(i))
             made[key] = path

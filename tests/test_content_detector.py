@@ -21,6 +21,7 @@ from scenedetect.scene_manager import compute_downscale_factor
 
 from panda_jax.data import synthetic, testmedia
 from panda_jax.video import io
+from panda_jax.video.writer import VideoWriter
 from panda_jax.video.content_detector import (
     LUMA_ONLY,
     ContentDetector,
@@ -62,7 +63,7 @@ def shot(
 def write_shots(path: Path, lengths: list[int], seed: int = 0) -> Path:
     """A video of hard cuts between shots of the given lengths; returns its path."""
     rng = np.random.default_rng(seed)
-    with io.VideoWriter(path, 25) as writer:
+    with VideoWriter(path, 25) as writer:
         for length in lengths:
             for frame in shot(rng, length):
                 writer.write(frame)
@@ -161,7 +162,7 @@ def test_scores_do_not_depend_on_batching(five_shots, batch_size):
 def test_static_video_is_one_shot(tmp_path):
     frame = shot(np.random.default_rng(1), 1)[0]
     path = tmp_path / "static.mp4"
-    with io.VideoWriter(path, 25) as writer:
+    with VideoWriter(path, 25) as writer:
         for _ in range(60):
             writer.write(frame)
     scores = ContentDetector().scores(path)

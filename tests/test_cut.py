@@ -9,6 +9,7 @@ import pytest
 from conftest import counter_frame, decoded_index
 from panda_jax.data import testmedia
 from panda_jax.video import io
+from panda_jax.video.writer import VideoWriter
 from panda_jax.video.cut import cut_copy, cut_reencode
 
 
@@ -16,7 +17,7 @@ from panda_jax.video.cut import cut_copy, cut_reencode
 def gop_video(tmp_path_factory):
     """96 counter frames at 24 fps with a keyframe every 24 frames."""
     path = tmp_path_factory.mktemp("cut") / "gop.mp4"
-    with io.VideoWriter(path, 24, options={"crf": "18", "g": "24", "keyint_min": "24", "sc_threshold": "0"}) as w:
+    with VideoWriter(path, 24, options={"crf": "18", "g": "24", "keyint_min": "24", "sc_threshold": "0"}) as w:
         for i in range(96):
             w.write(counter_frame(i))
     return path

@@ -12,6 +12,7 @@ import pytest
 
 from panda_jax.data import official
 from panda_jax.video import io
+from panda_jax.video.writer import VideoWriter
 
 COLUMNS = ["videoID", "url", "timestamp", "caption", "matching_score", "desirable_filtering", "shot_boundary_detection"]
 
@@ -38,7 +39,7 @@ def _write_csv(path: Path, rows: list[dict[str, str]], columns=COLUMNS) -> Path:
 
 
 def _video(path: Path, seconds: float, fps: int = 10) -> Path:
-    with io.VideoWriter(path, fps) as writer:
+    with VideoWriter(path, fps) as writer:
         for i in range(round(seconds * fps)):
             writer.write(np.full((64, 64, 3), (i * 6) % 250, np.uint8))
     return path

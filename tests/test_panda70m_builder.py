@@ -21,6 +21,7 @@ from panda_jax.records import read_jsonl  # noqa: E402
 from panda_jax.data.subtitles import SubtitleError, overlapping_text, parse_subtitles  # noqa: E402
 from panda_jax.models import lpips  # noqa: E402
 from panda_jax.video import io, metrics  # noqa: E402
+from panda_jax.video.writer import VideoWriter
 from tfds_builders.panda70m import Builder, Panda70mConfig  # noqa: E402
 from tfds_builders.panda70m.panda70m_dataset_builder import sample_indices  # noqa: E402
 from tfds_builders.panda70m.panda70m_dataset_builder_test import Panda70mLocalTest, make_manual_dir  # noqa: E402,F401
@@ -249,7 +250,7 @@ def test_beam_build_equals_single_process_build(tmp_path):
 
 
 def _v2d_video(path: Path, seconds: float, fps: int = 10) -> None:
-    with io.VideoWriter(path, fps) as writer:
+    with VideoWriter(path, fps) as writer:
         for i in range(round(seconds * fps)):
             writer.write(np.full((64, 64, 3), (i * 6) % 250, np.uint8))
 

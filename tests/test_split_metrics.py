@@ -11,6 +11,7 @@ from flax import nnx
 from panda_jax.data import synthetic, testmedia
 from panda_jax.models import lpips
 from panda_jax.video import io, metrics
+from panda_jax.video.writer import VideoWriter
 
 VIDEO_FPS = 4
 SIZE = (64, 64)
@@ -92,7 +93,7 @@ def _scene(seed: int) -> np.ndarray:
 def cut_video(tmp_path_factory) -> Path:
     """12 s at 4 fps: scene A for 0-5 s (static), B for 5-8 s, C for 8-12 s (hard cuts)."""
     path = tmp_path_factory.mktemp("metrics") / "cuts.mp4"
-    with io.VideoWriter(path, VIDEO_FPS) as writer:
+    with VideoWriter(path, VIDEO_FPS) as writer:
         for seed in [0] * 5 + [1] * 3 + [2] * 4:
             for _ in range(VIDEO_FPS):
                 writer.write(_scene(seed))

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file, save_file
 from panda_jax.data import testmedia
 from panda_jax.models import CheckpointError, transnetv2
 from panda_jax.video import io
+from panda_jax.video.writer import VideoWriter
 from panda_jax.video.transnetv2_detector import TransNetV2Detector, shots_from_predictions, windows
 
 torch = pytest.importorskip("torch")
@@ -189,7 +190,7 @@ def test_short_video_without_cut_is_one_shot(detector, tmp_path):
     path = tmp_path / "short.mp4"
     rng = np.random.default_rng(0)
     scene = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
-    with io.VideoWriter(path, fps=25) as writer:
+    with VideoWriter(path, fps=25) as writer:
         for i in range(10):
             writer.write(np.roll(scene, i, axis=1))  # a slow pan
     probabilities = detector.predictions(path)

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import counter_frame, decoded_index
 from panda_jax.video import io
+from panda_jax.video.writer import VideoWriter
 
 FORMATS = [(".mp4", "libx264", "h264"), (".mpg", "mpeg2video", "mpeg2video"), (".avi", "mpeg4", "mpeg4")]
 
@@ -137,7 +138,7 @@ def test_garbled_stream_is_corrupt(test_clip, tmp_path):
 
 
 def test_writer_rejects_bad_frames_and_leaves_no_file(tmp_path):
-    writer = io.VideoWriter(tmp_path / "x.mp4", 24)
+    writer = VideoWriter(tmp_path / "x.mp4", 24)
     with pytest.raises(ValueError, match="even width and height"):
         writer.write(np.zeros((31, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
@@ -150,11 +151,11 @@ def test_writer_rejects_bad_frames_and_leaves_no_file(tmp_path):
 def test_writer_is_atomic(tmp_path):
     path = tmp_path / "clip.mp4"
     with pytest.raises(KeyboardInterrupt):
-        with io.VideoWriter(path, 24) as writer:
+        with VideoWriter(path, 24) as writer:
             writer.write(counter_frame(0))
             raise KeyboardInterrupt  # killed half way
     assert list(tmp_path.iterdir()) == []
-    with io.VideoWriter(path, 24) as writer:
+    with VideoWriter(path, 24) as writer:
         for i in range(5):
             writer.write(counter_frame(i))
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
@@ -164,7 +165,7 @@ def test_writer_is_atomic(tmp_path):
 def test_writer_is_reproducible_in_content(tmp_path):
     paths = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
     for path in paths:
-        with io.VideoWriter(path, 24) as writer:
+        with VideoWriter(path, 24) as writer:
             for i in range(30):
                 writer.write(counter_frame(i))
     a, b = ([f.image.astype(int) for f in io.iter_frames(p)] for p in paths)

@@ -35,7 +35,7 @@ import numpy as np
 import tqdm
 
 from panda_jax.records import write_jsonl
-from panda_jax.video.io import VideoWriter
+from panda_jax.video.writer import VideoWriter
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import av
 
 from panda_jax.files import atomic_output
 from panda_jax.video import io
+from panda_jax.video.writer import VideoWriter
 
 
 def _first_pts(path: str | os.PathLike) -> int:
@@ -103,7 +104,7 @@ def cut_reencode(path: str | os.PathLike, clips: Sequence[tuple[str | os.PathLik
             raise ValueError(f"{out}: need 0 <= start_frame < end_frame, got {start} and {end}")
     info = io.probe(path)
     todo = sorted(clips, key=lambda clip: clip[1])
-    writers: list[tuple[io.VideoWriter, int]] = []  # open writers and their end frames
+    writers: list[tuple[VideoWriter, int]] = []  # open writers and their end frames
     last = max(end for _, _, end in clips)
     index = 0
     try:
@@ -113,7 +114,7 @@ def cut_reencode(path: str | os.PathLike, clips: Sequence[tuple[str | os.PathLik
             for index, frame in enumerate(frames):
                 while todo and todo[0][1] == index:
                     out, _, end = todo.pop(0)
-                    writers.append((io.VideoWriter(out, info.fps), end))
+                    writers.append((VideoWriter(out, info.fps), end))
                 if writers:
                     image = to_rgb(frame)[:height, :width]
                     for writer, _ in writers:
