@@ -234,7 +234,7 @@ class Record:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if "check" in field.metadata and not (value is None and field.default is None):
-                out[field.name] = [list(v) for v in value] if field.name == "shots" else value
+                out[field.name] = value
         return out | self.extra
 
 
@@ -326,6 +326,19 @@ class Failure(Record):
     @classmethod
     def of(cls, stage: str, problem: Problem) -> Failure:
         return cls(stage=stage, item_id=problem.item_id, source=problem.source, error=problem.error)
+
+
+def unique_videos(videos: Iterable[Video], problems: list[Problem]) -> list[Video]:
+    """The first video of each id; each repeat becomes a problem."""
+    first: dict[str, Video] = {}
+    for video in videos:
+        if video.video_id in first:
+            error = f"video_id {video.video_id!r} is used already by {first[video.video_id].path}"
+            log.warning("skipping %s: %s", video.path, error)
+            problems.append(Problem(video.path, video.video_id, error))
+        else:
+            first[video.video_id] = video
+    return list(first.values())
 
 
 def dumps(record: Mapping[str, Any]) -> str:

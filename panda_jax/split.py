@@ -31,7 +31,7 @@ from typing import Any
 import ml_collections
 
 from panda_jax import stages
-from panda_jax.records import Clip, Problem, Shots, Video, clip_id, ids_from_files, read_records
+from panda_jax.records import Clip, Problem, Shots, Video, clip_id, ids_from_files, read_records, unique_videos
 from panda_jax.video import io
 from panda_jax.video.cut import cut_copy, cut_reencode
 from panda_jax.video.embedders import ColorHistogramEmbedder, FrameEmbedder
@@ -147,20 +147,20 @@ class SplitStage:
             for index, (start, end, count) in enumerate(spans)
         ]
         if self.config.cut:
-            clips = self._cut(path, clips, out_dir)
+            clips = self._cut(path, clips, out_dir, info.fps)
         files = tuple(c.file for c in clips if c.file)
         return stages.ShardResult(records={Shots.KIND: [shots], Clip.KIND: clips}, files=files)
 
-    def _cut(self, path: Path, clips: list[Clip], out_dir: Path) -> list[Clip]:
+    def _cut(self, path: Path, clips: list[Clip], out_dir: Path, fps: float) -> list[Clip]:
         """Writes the clip files; records where each file is and the source time it starts at."""
         if self.config.cut == "reencode":
             files = [f"clips/{clip.clip_id}.mp4" for clip in clips]
-            cut_reencode(path, [(out_dir / f, c.start_frame, c.end_frame) for f, c in zip(files, clips)])
+            cut_reencode(path, [(out_dir / f, c.start_frame, c.end_frame) for f, c in zip(files, clips)], fps)
             starts = [clip.start for clip in clips]
         else:
             suffix = path.suffix.lower() if path.suffix.lower() in COPY_SUFFIXES else ".mkv"
             files = [f"clips/{clip.clip_id}{suffix}" for clip in clips]
-            starts = [round(cut_copy(path, out_dir / f, c.start, c.end), 6) for f, c in zip(files, clips)]
+            starts = [round(s, 6) for s in cut_copy(path, [(out_dir / f, c.start, c.end) for f, c in zip(files, clips)])]
         return [dataclasses.replace(c, file=f, file_start=s) for c, f, s in zip(clips, files, starts)]
 
 
@@ -191,17 +191,6 @@ def read_video_list(videos_jsonl: Path, problems: list[Problem]) -> list[Video]:
 def videos_from_files(paths: Sequence[Path]) -> list[Video]:
     """Videos named after their file stems; files sharing a stem keep their suffix (`x.mp4`, `x.avi`)."""
     return [Video(video_id=video_id, path=str(p)) for p, video_id in zip(paths, ids_from_files(paths))]
-
-
-def unique(videos: Sequence[Video], problems: list[Problem]) -> list[Video]:
-    """The first video of each id; the repeats become problems."""
-    seen: dict[str, Video] = {}
-    for video in videos:
-        if video.video_id in seen:
-            problems.append(Problem(video.path, video.video_id, f"video_id {video.video_id!r} is used already by {seen[video.video_id].path}"))
-        else:
-            seen[video.video_id] = video
-    return list(seen.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             videos += read_video_list(args.videos_jsonl, problems)
         except (OSError, ValueError) as e:
             parser.error(str(e))
-    videos = unique(videos, problems)
+    videos = unique_videos(videos, problems)
     if not videos and not problems:
         parser.error("give video files or --videos videos.jsonl")
     if args.workers < 1:

@@ -66,7 +66,7 @@ def test_reencode_is_frame_exact_on_real_clips(test_clip, tmp_path, name):
 
 def test_copy_starts_at_the_keyframe_before_and_stops_at_the_end(gop_video, tmp_path):
     out = tmp_path / "clip.mp4"
-    cut_copy(gop_video, out, start=30 / 24, end=55 / 24)
+    cut_copy(gop_video, [(out, 30 / 24, 55 / 24)])
     indices = [decoded_index(f.image) for f in io.iter_frames(out)]
     assert indices[:31] == list(range(24, 55))  # from the keyframe at 24 through frame 54
     assert all(i > 54 for i in indices[31:]) and len(indices) <= 31 + 3  # maybe a B-frame's reference
@@ -76,7 +76,7 @@ def test_copy_starts_at_the_keyframe_before_and_stops_at_the_end(gop_video, tmp_
 @pytest.mark.media
 def test_copy_keeps_audio_and_codec(test_clip, tmp_path):
     out = tmp_path / "bbb.mp4"
-    cut_copy(test_clip("bigbuckbunny"), out, start=1.0, end=3.0)
+    cut_copy(test_clip("bigbuckbunny"), [(out, 1.0, 3.0)])
     info = io.probe(out)
     assert (info.codec, info.audio_codec, info.width) == ("h264", "aac", 1280)
     assert 2.0 <= info.duration <= 3.2
@@ -92,7 +92,7 @@ def test_copy_never_loses_the_start_and_says_where_it_starts(test_clip, tmp_path
     path = test_clip(name)
     fps = testmedia.CLIPS[name].fps
     out = tmp_path / f"clip{path.suffix}"
-    file_start = cut_copy(path, out, start, start + 2.0)
+    (file_start,) = cut_copy(path, [(out, start, start + 2.0)])
     assert file_start <= start
     first_index = round(file_start * fps)
     first = next(io.iter_frames(out)).image
@@ -104,7 +104,7 @@ def test_failed_cut_leaves_no_file(tmp_path):
     with pytest.raises(io.VideoNotFoundError):
         cut_reencode(tmp_path / "missing.mp4", [(tmp_path / "out.mp4", 0, 10)])
     with pytest.raises(FileNotFoundError):
-        cut_copy(tmp_path / "missing.mp4", tmp_path / "out.mp4", 0, 1)
+        cut_copy(tmp_path / "missing.mp4", [(tmp_path / "out.mp4", 0, 1)])
     assert list(tmp_path.iterdir()) == []
 
 

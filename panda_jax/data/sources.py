@@ -16,7 +16,9 @@ from typing import Any
 
 from panda_jax.data import official, synthetic, testmedia
 from panda_jax.data.subtitles import SUFFIXES, SubtitleError, read_subtitles
-from panda_jax.records import Caption, Clip, Problem, RecordError, Selection, Video, ids_from_files, read_records
+from panda_jax.records import (
+    Caption, Clip, Problem, RecordError, Selection, Video, ids_from_files, read_records, unique_videos,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +106,8 @@ def local_jobs(manual_dir: Path, problems: list[Problem]) -> list[VideoJob]:
     reuse = _reusable_clips(manual_dir, problems)
     videos_file = manual_dir / "videos.jsonl"
     if videos_file.exists():
-        jobs, seen = [], set()
-        for video in read_records(videos_file, Video, problems):
-            if video.video_id in seen:
-                _skip(problems, videos_file, video.video_id, "the video_id repeats")
-                continue
-            seen.add(video.video_id)
+        jobs = []
+        for video in unique_videos(read_records(videos_file, Video, problems), problems):
             jobs.append(VideoJob(
                 video_id=video.video_id,
                 path=str(manual_dir / video.path),

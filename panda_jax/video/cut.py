@@ -11,6 +11,7 @@ the timestamps say.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 from collections.abc import Iterator, Sequence
@@ -36,13 +37,18 @@ def _first_pts(path: str | os.PathLike) -> int:
     raise io.CorruptVideoError(path, "has no video packet with a timestamp")
 
 
-def cut_copy(path: str | os.PathLike, out: str | os.PathLike, start: float, end: float) -> float:
-    """Copies video (and first audio) packets from the keyframe at or before `start` up to `end`.
+def cut_copy(path: str | os.PathLike, clips: Sequence[tuple[str | os.PathLike, float, float]]) -> list[float]:
+    """Copies each (out, start, end) clip: video and first audio packets from the keyframe at or
+    before `start` up to `end`, into a container chosen by `out`'s suffix.
 
-    Times are seconds from the video's first frame. Returns the time of the keyframe the file
-    starts with (<= start). The output container is chosen by `out`'s suffix.
+    Times are seconds from the video's first frame. Returns, per clip, the time of the keyframe
+    its file starts with (<= start).
     """
     origin = _first_pts(path)
+    return [_copy_clip(path, out, start, end, origin) for out, start, end in clips]
+
+
+def _copy_clip(path: str | os.PathLike, out: str | os.PathLike, start: float, end: float, origin: int) -> float:
     back = 0.0
     while True:
         target = max(start - back, 0.0)
@@ -91,19 +97,22 @@ def _copy_packets(
                 target.mux(packet)
 
 
-def cut_reencode(path: str | os.PathLike, clips: Sequence[tuple[str | os.PathLike, int, int]]) -> None:
+def cut_reencode(
+    path: str | os.PathLike, clips: Sequence[tuple[str | os.PathLike, int, int]], fps: float | None = None
+) -> None:
     """Re-encodes each (out, start_frame, end_frame) clip, frames [start, end), as H.264 without audio.
 
     Frames are counted in decoding order from 0, as shot detection counts them, in one pass over
-    the video. Width and height are cut to even numbers (yuv420p needs them).
+    the video. Width and height are cut to even numbers (yuv420p needs them). `fps` is the
+    video's, read from the file when not given.
     """
     if not clips:
         return
     for out, start, end in clips:
         if not 0 <= start < end:
             raise ValueError(f"{out}: need 0 <= start_frame < end_frame, got {start} and {end}")
-    info = io.probe(path)
-    todo = sorted(clips, key=lambda clip: clip[1])
+    fps = fps or io.probe(path).fps
+    todo = collections.deque(sorted(clips, key=lambda clip: clip[1]))
     writers: list[tuple[VideoWriter, int]] = []  # open writers and their end frames
     last = max(end for _, _, end in clips)
     index = 0
@@ -113,8 +122,8 @@ def cut_reencode(path: str | os.PathLike, clips: Sequence[tuple[str | os.PathLik
             to_rgb = io.rgb_converter(size, None)
             for index, frame in enumerate(frames):
                 while todo and todo[0][1] == index:
-                    out, _, end = todo.pop(0)
-                    writers.append((VideoWriter(out, info.fps), end))
+                    out, _, end = todo.popleft()
+                    writers.append((VideoWriter(out, fps), end))
                 if writers:
                     image = to_rgb(frame)[:height, :width]
                     for writer, _ in writers:

@@ -279,6 +279,9 @@ def rgb_converter(source: tuple[int, int], size: Size | None) -> Callable[[av.Vi
     return lambda frame: reformatter.reformat(frame, **reformat).to_ndarray()
 
 
+PREFETCH = 16  # frames decoded ahead of the one-pass consumer
+
+
 class _Prefetched:
     """Decodes in a background thread, a bounded number of frames ahead of the consumer.
 
@@ -327,24 +330,19 @@ class _Prefetched:
 
 
 @contextlib.contextmanager
-def decoded_frames(
-    path: str | os.PathLike, prefetch: int = 16
-) -> Iterator[tuple[tuple[int, int], Iterator[av.VideoFrame]]]:
+def decoded_frames(path: str | os.PathLike) -> Iterator[tuple[tuple[int, int], Iterator[av.VideoFrame]]]:
     """Opens a video for one pass over every frame: ((width, height), decoded frames in order).
 
     Frames stay in decoder format (usually YUV), for callers that convert them their own way,
     such as shot detection going straight to its analysis size and colours in one swscale
-    call. No seek, no timestamps: the cheapest way through a whole video. With `prefetch` > 0
-    a background thread decodes up to that many frames ahead.
+    call. No seek, no timestamps: the cheapest way through a whole video. A background thread
+    decodes up to `PREFETCH` frames ahead.
     """
     with _Decoder(path) as decoder:
         # More frames in flight than FFmpeg's default (cores + 1) keeps the cores busy while
         # this thread converts and analyses: about 8 % faster on 2 cores (measured on the film).
         decoder.stream.codec_context.thread_count = min(3 * (os.cpu_count() or 1), 16)
-        if prefetch <= 0:
-            yield (decoder.width, decoder.height), decoder._decoded()
-            return
-        frames = _Prefetched(decoder._decoded(), prefetch)
+        frames = _Prefetched(decoder._decoded(), PREFETCH)
         try:
             yield (decoder.width, decoder.height), iter(frames)
         finally:

@@ -87,9 +87,18 @@ def shots_from_predictions(probabilities: np.ndarray, threshold: float = 0.5) ->
     of frames above the threshold (a gradual transition); here those stay with the shot before,
     so that the shots partition the video.
     """
+    return cuts_to_shots(cut_frames(probabilities, threshold).tolist(), len(probabilities))
+
+
+def cut_frames(probabilities: np.ndarray, threshold: float = 0.5, after_above: bool = False) -> np.ndarray:
+    """Indices of the frames at or below `threshold` that follow a frame above it.
+
+    `after_above` says whether the frame before the first one was above it, for probabilities
+    that arrive in parts.
+    """
     above = np.asarray(probabilities) > threshold
-    cuts = np.flatnonzero(above[:-1] & ~above[1:]) + 1
-    return cuts_to_shots(cuts.tolist(), len(above))
+    before = np.concatenate([[after_above], above[:-1]])
+    return np.flatnonzero(before & ~above)
 
 
 def _kept_probabilities(graphdef: nnx.GraphDef, state: nnx.State, batch: jax.Array) -> jax.Array:
@@ -208,10 +217,7 @@ class TransNetV2Stream:
             for window, n in zip(np.asarray(scores), counts):
                 kept = window[:n]
                 self.probabilities.append(kept)
-                for probability in kept.tolist():
-                    above = probability > self.detector.threshold
-                    if self.previous_above and not above:
-                        cuts.append(self.predicted)  # this frame starts a shot (shots_from_predictions)
-                    self.previous_above = above
-                    self.predicted += 1
+                cuts += (cut_frames(kept, self.detector.threshold, self.previous_above) + self.predicted).tolist()
+                self.previous_above = bool(kept[-1] > self.detector.threshold)
+                self.predicted += n
         return cuts
