@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m panda_jax.demo --config=configs/demo.py
+	$(PY) -m panda_jax.demo
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from panda_jax import split
+from panda_jax import cli, split
 from panda_jax.data import testmedia
 from panda_jax.video import io
 from panda_jax.video.shots import cuts_to_shots, split_long_shots
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--transnetv2", action="store_true", help="also time TransNetV2 (minutes per video on CPU)")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPU cores, {sys.platform}; seconds: best of {args.repeat} rounds, each a fresh process\n")
-    config = split.load_config()
+    config = cli.load_config("split")
     config.detector = "content"
 
     header = (f"{'video':18s} {'frames':>6s} {'PyAV':>6s} {'cv2':>6s} {'PySD':>6s} {'ours':>6s} {'detect':>6s} "

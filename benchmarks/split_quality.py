@@ -17,7 +17,7 @@ from pathlib import Path
 
 from flax import nnx
 
-from panda_jax import split
+from panda_jax import cli, split
 from panda_jax.data import synthetic
 from panda_jax.records import read_jsonl
 from panda_jax.models import lpips
@@ -50,7 +50,7 @@ def main() -> None:
         for detector in split.DETECTORS:
             for stitched in (False, True):
                 out = Path(tmp) / f"{detector}-{stitched}"
-                config = split.load_config()
+                config = cli.load_config("split")
                 config.detector, config.stitch.enabled = detector, stitched
                 split.run(inputs, out, config, workers=args.workers)
                 report = split_report(

@@ -1,6 +1,8 @@
 """Splitting: shot detection, the long-shot rule, and semantic stitching presets.
 
-    python -m panda_jax.split VIDEO... --out DIR [--preset default|panda70m] [--detector ...]
+    python -m panda_jax.split VIDEO... --out DIR --config=split[:default|panda70m] [--detector ...]
+
+The variant picks the stitching preset: `split:panda70m` is what built the Panda-70M dataset.
 
 Numbers from Panda-70M's paper and code (see DESIGN.md). Stitching thresholds are distances
 between L2-normalised frame embeddings, so they belong to the embedder that made them:
@@ -10,7 +12,7 @@ ImageBind's are Panda-70M's; the colour histogram's are calibrated on the synthe
 import ml_collections
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.detector = "transnetv2"  # or "content"
 
@@ -51,9 +53,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.presets.panda70m = ml_collections.ConfigDict(
         dict(min_seconds=2.5, max_seconds=60.0, trim_fraction=0.1, filter_redundant=True)
     )
-    config.preset = "default"
+    if variant not in config.presets:
+        raise ValueError(f"unknown split variant {variant!r}; choose from {', '.join(config.presets)}")
+    config.preset = variant
 
     # Clip files in OUT/clips: "" (none), "copy" (stream copy from the keyframe at or before each
     # clip) or "reencode" (frame-exact H.264).
     config.cut = ""
+
+    # How a run goes, not what it makes (stages.RUN_FIELDS): the output folder and worker processes.
+    config.out = ""
+    config.workers = 1
     return config

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app
-from ml_collections import config_flags
+from absl import flags
 
-from panda_jax import split
+from panda_jax import cli, split
 from panda_jax.data import synthetic, testmedia
 from panda_jax.records import read_jsonl
 from panda_jax.video import io
 from panda_jax.video.metrics import split_report
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo configuration file.")
 
 
 def decode_test_clips(names: tuple[str, ...]) -> None:
@@ -80,7 +79,7 @@ def split_corpus(corpus_dir: Path, out_dir: Path, workers: int) -> None:
     inputs = split.read_video_list(corpus_dir / "videos.jsonl", [])
     for detector in split.DETECTORS:
         out = out_dir / detector
-        config = split.load_config()
+        config = cli.load_config("split")
         config.detector = detector
         start = time.perf_counter()
         summary = split.run(inputs, out, config, workers=workers)
@@ -90,11 +89,14 @@ def split_corpus(corpus_dir: Path, out_dir: Path, workers: int) -> None:
         print(f"  {'':10s} records: {out / 'shots.jsonl'}, {out / 'clips.jsonl'}")
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.basicConfig(level=logging.WARNING)
-    config = _CONFIG.value
-    out_dir = Path(config.out_dir)
+def main(argv: Sequence[str] | None = None) -> None:
+    def define(flag_values: flags.FlagValues) -> None:
+        flags.DEFINE_string("out", None, "output folder (config field `out`)", flag_values=flag_values)
+
+    config = cli.parse(argv, program="python -m panda_jax.demo", doc=__doc__, default_config="demo", define=define,
+                       shorthands={"out": "out"}).config
+    logging.getLogger().setLevel(logging.WARNING)
+    out_dir = Path(config.out)
     decode_test_clips(tuple(config.test_clips))
     build_corpus(config.corpus, out_dir / "corpus")
     split_corpus(out_dir / "corpus", out_dir / "split", config.corpus.workers)
@@ -102,4 +104,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -1,12 +1,14 @@
 """Split long videos into semantically coherent clips: `python -m panda_jax.split`.
 
     python -m panda_jax.split talk.mp4 film.mkv --out runs/split
-    python -m panda_jax.split --videos corpus/videos.jsonl --out runs/split --detector content \
-        --preset panda70m --workers 2 --cut copy
+    python -m panda_jax.split --videos corpus/videos.jsonl --out runs/split --workers 2 --cut copy
+    python -m panda_jax.split film.mkv --out runs/paper --config=split:panda70m --detector content
+    python -m panda_jax.split film.mkv --out runs/long --config.long_shots.max_seconds=10
 
 For every video, in one decoding pass: detect shots (TransNetV2 by default), cut shots longer
 than 7 s into 5 s pieces, and take two frames per piece; then embed them and stitch pieces into
-events (configs/split.py). Writes `shots.jsonl`, `clips.jsonl` and `failures.jsonl` (the stage
+events (`--config=split[:VARIANT]`, configs/split.py; any field can be set with
+`--config.FIELD=VALUE`, see --help). Writes `shots.jsonl`, `clips.jsonl` and `failures.jsonl` (the stage
 records of panda_jax.records), and with `--cut` one file per clip in `OUT/clips/`.
 
 Videos are shards of the shared stage runner (panda_jax.stages): each finished video is saved
@@ -17,9 +19,7 @@ recorded in `failures.jsonl` and the others go on.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib.util
 import logging
 import os
 import sys
@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+from absl import flags
 
-from panda_jax import stages
+from panda_jax import cli, stages
 from panda_jax.records import Clip, Problem, Shots, Video, clip_id, ids_from_files, read_records, unique_videos
 from panda_jax.video import io
 from panda_jax.video.cut import cut_copy, cut_reencode
@@ -41,21 +42,10 @@ from panda_jax.video.stitch import StitchParams, stitch
 
 log = logging.getLogger("panda_jax.split")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "split.py"
 DETECTORS = ("transnetv2", "content")
 CUT_MODES = ("copy", "reencode")
 # Containers a stream copy keeps; a source with another suffix (or none) is copied into Matroska.
 COPY_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".m4v", ".ts", ".flv")
-
-
-def load_config(path: str | os.PathLike = DEFAULT_CONFIG) -> ml_collections.ConfigDict:
-    """Runs a config file's `get_config()` (big_vision style)."""
-    spec = importlib.util.spec_from_file_location("split_config", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"cannot load config file {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def make_detector(config: ml_collections.ConfigDict) -> ShotDetector:
@@ -110,7 +100,7 @@ class SplitStage:
         return {"config": self.config, "_detector": None}  # workers build their own detector
 
     def settings(self) -> dict[str, Any]:
-        return self.config.to_dict()
+        return stages.output_settings(self.config)
 
     def setup(self) -> None:
         if self._detector is None:
@@ -193,77 +183,75 @@ def videos_from_files(paths: Sequence[Path]) -> list[Video]:
     return [Video(video_id=video_id, path=str(p)) for p, video_id in zip(paths, ids_from_files(paths))]
 
 
+def _define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("out", None, "output folder (config field `out`)", flag_values=flag_values)
+    flags.DEFINE_string("videos", None, "a `videos` record file (videos.jsonl) instead of, or as well as, video files",
+                        flag_values=flag_values)
+    flags.DEFINE_enum("detector", None, DETECTORS, "shot detector (config field `detector`)", flag_values=flag_values)
+    flags.DEFINE_string("preset", None, "stitching preset, default or panda70m (config field `preset`)",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("stitch", None, "with --nostitch the clips are the detected shots (config field `stitch.enabled`)",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("cut", None, CUT_MODES, "also write clip files to OUT/clips: 'copy' (fast; starts at the keyframe "
+                      "at or before each clip, recorded as file_start) or 'reencode' (frame-exact H.264, no audio)",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("workers", None, "worker processes (config field `workers`)", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_bool("distributed", False, "one process of a multi-host run: calls jax.distributed.initialize() and "
+                      "splits this process's share of the videos (process 0 writes the merged records)",
+                      flag_values=flag_values)
+
+
+SHORTHANDS = {"out": "out", "detector": "detector", "preset": "preset", "stitch": "stitch.enabled", "cut": "cut",
+              "workers": "workers"}  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m panda_jax.split",
-        description=__doc__.split("\n\n")[0] + " Writes OUT/shots.jsonl, OUT/clips.jsonl and OUT/failures.jsonl.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("videos", nargs="*", type=Path, help="video files; the video id is the file stem")
-    parser.add_argument("--videos", dest="videos_jsonl", type=Path, metavar="videos.jsonl",
-                        help="a `videos` record file instead of (or as well as) file arguments")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    parser.add_argument("--detector", choices=DETECTORS, default=None,
-                        help="shot detector (default from the config: transnetv2)")
-    parser.add_argument("--preset", default=None, help="stitching preset: default or panda70m (default: default)")
-    parser.add_argument("--no-stitch", action="store_true", help="clips are the detected shots, not stitched events")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
-    parser.add_argument("--cut", choices=CUT_MODES, default=None,
-                        help="also write clip files to OUT/clips: 'copy' (fast; starts at the keyframe at or "
-                             "before each clip, recorded as file_start) or 'reencode' (frame-exact H.264, no audio)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="split config file (default %(default)s)")
-    parser.add_argument("--distributed", action="store_true",
-                        help="one process of a multi-host run: calls jax.distributed.initialize() and "
-                             "splits this process's share of the videos (process 0 writes the merged records)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every step, with tracebacks of failures")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    logging.getLogger("jax").setLevel(logging.WARNING)
-    if args.distributed:
+    command = cli.parse(argv, program="python -m panda_jax.split", doc=__doc__, default_config="split",
+                        define=_define_flags, shorthands=SHORTHANDS)
+    config, flag_values, fail = command.config, command.flags, command.fail
+    if not config.out:
+        fail("give the output folder: --out DIR")
+    problems: list[Problem] = []
+    videos = videos_from_files([Path(a) for a in command.args])
+    if flag_values["videos"].value:
+        try:
+            videos += read_video_list(Path(flag_values["videos"].value), problems)
+        except (OSError, ValueError) as e:
+            fail(str(e))
+    videos = unique_videos(videos, problems)
+    if not videos and not problems:
+        fail("give video files or --videos videos.jsonl")
+    if config.workers < 1:
+        fail("workers must be at least 1")
+    try:
+        stage = SplitStage(config)
+    except ValueError as e:
+        fail(str(e))
+    if flag_values["distributed"].value:
         import jax
 
         jax.distributed.initialize()
 
-    problems: list[Problem] = []
-    videos = videos_from_files(args.videos)
-    if args.videos_jsonl:
-        try:
-            videos += read_video_list(args.videos_jsonl, problems)
-        except (OSError, ValueError) as e:
-            parser.error(str(e))
-    videos = unique_videos(videos, problems)
-    if not videos and not problems:
-        parser.error("give video files or --videos videos.jsonl")
-    if args.workers < 1:
-        parser.error("--workers must be at least 1")
-    config = load_config(args.config)
-    config.detector = args.detector or config.detector
-    config.preset = args.preset or config.preset
-    config.stitch.enabled = config.stitch.enabled and not args.no_stitch
-    config.cut = args.cut or ""
-    try:
-        stage = SplitStage(config)
-    except ValueError as e:
-        parser.error(str(e))
-
+    out = Path(config.out)
     began = time.perf_counter()
-    summary = stages.run(stage, [video_shard(v) for v in videos], args.out, args.workers, problems)
+    summary = stages.run(stage, [video_shard(v) for v in videos], out, config.workers, problems)
     failed = summary.failed + len(problems)
     if not summary.merged:  # another process of a multi-host run writes the merged records
         print(f"split this process's {summary.shards} videos ({summary.failed} failed) in {time.perf_counter() - began:.1f} s")
         return 1 if failed else 0
-    mismatched = [s for s in read_records(args.out / "shots.jsonl", Shots) if s.container_frames != s.num_frames]
+    mismatched = [s for s in read_records(out / "shots.jsonl", Shots) if s.container_frames != s.num_frames]
     print(
         f"split {summary.shards - summary.failed}/{summary.shards + len(problems)} videos "
         f"({summary.reused} already done) in {time.perf_counter() - began:.1f} s; "
-        f"{args.out / 'clips.jsonl'} holds {summary.merged.get(Clip.KIND, 0)} clips of "
+        f"{out / 'clips.jsonl'} holds {summary.merged.get(Clip.KIND, 0)} clips of "
         f"{summary.merged.get(Shots.KIND, 0)} videos"
     )
     if mismatched:
         print(f"{len(mismatched)} videos decoded another number of frames than their container states "
-              f"(container_frames in {args.out / 'shots.jsonl'}): {', '.join(s.video_id for s in mismatched[:5])}")
+              f"(container_frames in {out / 'shots.jsonl'}): {', '.join(s.video_id for s in mismatched[:5])}")
     if failed:
-        print(f"{failed} failed: see {args.out / 'failures.jsonl'}")
+        print(f"{failed} failed: see {out / 'failures.jsonl'}")
     return 1 if failed else 0
 
 

@@ -63,6 +63,15 @@ class ShardResult:
     files: tuple[str, ...] = ()  # relative to the output folder
 
 
+# Config fields that say how a run goes, not what it makes: never part of a shard's fingerprint.
+RUN_FIELDS = ("out", "workers")
+
+
+def output_settings(config: Any) -> dict[str, Any]:
+    """A stage config (ml_collections) as JSON, without its RUN_FIELDS: what `Stage.settings` returns."""
+    return {key: value for key, value in config.to_dict().items() if key not in RUN_FIELDS}
+
+
 class Stage(Protocol):
     name: str  # "split": shards live in OUT/work/split/, failures name it
     version: int  # bumped when the same config would now give other records

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from panda_jax import split
+from panda_jax import cli, split
 from panda_jax.data import synthetic
 from panda_jax.records import Clip, Failure, Shots, read_jsonl, read_records, write_jsonl
 from panda_jax.video import io
@@ -83,7 +83,7 @@ def test_splits_records_failures_and_resumes(corpus, tmp_path, monkeypatch):
 
     # Other settings are not reused: without stitching every (long-shot-split) shot is a clip.
     calls.clear()
-    assert _run("--videos", folder / "with_failures.jsonl", "--out", out, "--detector", "content", "--no-stitch") == 1
+    assert _run("--videos", folder / "with_failures.jsonl", "--out", out, "--detector", "content", "--nostitch") == 1
     assert len(calls) == 5
     unstitched = list(read_jsonl(out / "clips.jsonl"))
     assert len(unstitched) == sum(len(r["shots"]) for r in read_jsonl(out / "shots.jsonl"))
@@ -94,7 +94,7 @@ def test_a_changed_threshold_or_file_is_split_again_an_unchanged_one_reused(corp
     video = tmp_path / "v.mp4"
     shutil.copy(folder / records[0]["path"], video)
     config = tmp_path / "split_config.py"
-    config.write_text(split.DEFAULT_CONFIG.read_text())
+    config.write_text(Path(cli.config_file("split")).read_text())
     out = tmp_path / "split"
     calls = _counting(monkeypatch)
     args = (video, "--out", out, "--detector", "content", "--config", config)
@@ -183,7 +183,7 @@ def test_a_truncated_file_is_warned_about_and_recorded(tmp_path, caplog, capsys)
     video = tmp_path / "truncated.mp4"
     _truncated_mp4(video)
     assert io.probe(video).num_frames == 60
-    assert _run(video, "--out", tmp_path / "split", "--detector", "content", "--no-stitch") == 0
+    assert _run(video, "--out", tmp_path / "split", "--detector", "content", "--nostitch") == 0
     (shots,) = read_records(tmp_path / "split" / "shots.jsonl", Shots)
     assert shots.container_frames == 60 and 0 < shots.num_frames < 40 and shots.shots[-1][1] == shots.num_frames
     assert "the container says 60 frames" in caplog.text
@@ -220,7 +220,7 @@ def test_a_run_killed_anywhere_then_rerun_gives_the_bytes_of_an_uninterrupted_ru
 
 def test_help_and_bad_arguments():
     result = subprocess.run([sys.executable, "-m", "panda_jax.split", "--help"], capture_output=True, text=True, check=True)
-    for flag in ("--videos", "--detector", "--preset", "--workers", "--cut", "--no-stitch", "--distributed"):
+    for flag in ("--videos", "--detector", "--preset", "--workers", "--cut", "--[no]stitch", "--[no]distributed"):
         assert flag in result.stdout
     with pytest.raises(SystemExit):
         split.main(["--out", "x"])  # no videos

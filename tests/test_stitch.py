@@ -8,7 +8,8 @@ import pytest
 from panda_jax.data import synthetic
 from panda_jax.video.embedders import ColorHistogramEmbedder
 from panda_jax.video.shots import cuts_to_shots, split_long_shots
-from panda_jax.split import load_config, stitch_params
+from panda_jax.cli import load_config
+from panda_jax.split import stitch_params
 from panda_jax.video import io
 from panda_jax.video.stitch import Event, StitchParams, sample_frames, stitch
 
@@ -88,7 +89,7 @@ def test_stitch_filters_short_static_and_redundant_events_then_trims():
 
 
 def test_presets_come_from_the_config_file():
-    config = load_config()
+    config = load_config("split")
     default = stitch_params(config)
     config.preset = "panda70m"
     panda = stitch_params(config)
@@ -132,7 +133,7 @@ def corpus(tmp_path_factory):
 
 def test_stitching_ground_truth_shots_recovers_the_events(corpus):
     out, records = corpus
-    params = stitch_params(load_config())
+    params = stitch_params(load_config("split"))
     exact, total, merged = 0, 0, 0
     for record in records:
         shots = [tuple(s) for s in record["gt_shots"]]

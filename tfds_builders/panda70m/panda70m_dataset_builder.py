@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from panda_jax import split, stages
+from panda_jax import cli, split, stages
 from panda_jax.data.sources import (
     MANUAL_INSTRUCTIONS, ClipCaptions, VideoJob, local_captions, local_jobs, official_jobs, sample_jobs,
 )
@@ -92,7 +92,7 @@ def sample_indices(start_frame: int, end_frame: int, num_frames: int) -> list[in
 @functools.cache
 def _split_stage(detector: str, preset: str) -> split.SplitStage:
     """One split stage per process (each Beam worker makes its own), so its detector loads once."""
-    config = split.load_config()
+    config = cli.load_config("split")
     config.detector, config.preset = detector, preset
     return split.SplitStage(config)
 
