@@ -4,7 +4,7 @@
 
 The variant picks the stitching preset: `split:panda70m` is what built the Panda-70M dataset.
 
-Numbers from Panda-70M's paper and code (see DESIGN.md). Stitching thresholds are distances
+Numbers from Panda-70M's paper and code (its `splitting` folder). Stitching thresholds are distances
 between L2-normalised frame embeddings, so they belong to the embedder that made them:
 ImageBind's are Panda-70M's; the colour histogram's are calibrated on the synthetic corpus.
 """

@@ -1,7 +1,7 @@
 """Subtitle files (SubRip, WebVTT, ASS/SSA) as `videos` record subtitle lines.
 
 Uploads come with timed subtitles in one of these formats; the pipeline wants them as
-`[{start, end, text}]` in seconds (DESIGN.md `videos` records), and the dataset builder keeps
+`[{start, end, text}]` in seconds (the `videos` records of panda_jax.records), and the dataset builder keeps
 the lines that overlap each clip.
 """
 
