@@ -11,7 +11,7 @@ shots, events with captions and structured facts, transitions and subtitle noise
 Video i depends only on (seed, i), so a corpus is the same whatever the worker count (records
 exactly; video files in content, since x264 is not always byte-reproducible).
 
-    python -m panda_jax.data.synthetic --out /tmp/synth --num-videos 100 --seed 0 --workers 2
+    python -m panda_jax.data.synthetic --out /tmp/synth --num_videos 100 --seed 0 --workers 2
 
 Submodules, each importing only those above it:
   spec      the vocabulary (colours, shapes, sizes, actions, backgrounds, transitions,
