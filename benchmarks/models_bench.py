@@ -27,9 +27,10 @@ import jax
 import numpy as np
 import torch
 import transformers
-from flax import nnx
 
 from panda_jax.models import blip2, clip
+from panda_jax.models.generation import GenerationConfig
+from panda_jax.models.inference import compiled
 
 SIZES = {
     "base": dict(
@@ -63,14 +64,6 @@ def timed_first_call(function: Callable[[], object]) -> float:
     start = time.perf_counter()
     function()
     return time.perf_counter() - start
-
-
-def compiled(model: nnx.Module, method: str) -> Callable:
-    """`jax.jit` over the model's split state, the low-overhead way to call a model repeatedly
-    (models/clip.py): `nnx.jit` walks the module graph on every call, ~20 ms for a ViT-B."""
-    graphdef, state = nnx.split(model)
-    function = jax.jit(lambda state, *args: getattr(nnx.merge(graphdef, state), method)(*args))
-    return lambda *args: function(state, *args)
 
 
 def ready(x):
@@ -141,7 +134,8 @@ def bench_blip2_opt(size: dict, directory: Path, repeats: int) -> None:
                 ).numpy()  # fmt: skip
 
         def mine():
-            return ours.generate(images, input_ids, max_new_tokens=size["new_tokens"], num_beams=num_beams)
+            settings = GenerationConfig(max_new_tokens=size["new_tokens"], num_beams=num_beams)
+            return ours.generate(images, input_ids, generation_config=settings)
 
         compile_s = timed_first_call(mine)
         new = mine()

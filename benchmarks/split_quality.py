@@ -15,19 +15,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from flax import nnx
-
 from panda_jax import cli, split
 from panda_jax.data import synthetic
 from panda_jax.records import read_jsonl
 from panda_jax.models import lpips
 from panda_jax.video.metrics import split_report
-
-
-def lpips_model() -> lpips.LPIPS:
-    model = lpips.LPIPS(rngs=nnx.Rngs(0))
-    lpips.load_heads(model, lpips.pretrained_heads_path())
-    return model
 
 
 def main() -> None:
@@ -37,7 +29,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    model = lpips_model()
+    model = lpips.load(lpips.pretrained_checkpoint())
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
         synthetic.generate_corpus(corpus, args.num_videos, args.seed, workers=args.workers)

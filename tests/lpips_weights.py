@@ -30,9 +30,10 @@ def random_heads(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def write_random_lpips(directory: Path) -> tuple[Path, Path]:
-    """(AlexNet, heads) safetensors files in `directory`, loadable by `lpips.load`."""
+def write_random_lpips(directory: Path) -> Path:
+    """An LPIPS checkpoint directory made by `lpips.convert` from random AlexNet and heads files."""
+    directory.mkdir(parents=True, exist_ok=True)
     alexnet, heads = directory / "alexnet.safetensors", directory / "lpips_heads.safetensors"
     save_file(torchvision_like_alexnet(), str(alexnet))
     save_file(random_heads(), str(heads))
-    return alexnet, heads
+    return lpips.convert(heads, directory / "checkpoint", alexnet_path=alexnet)

@@ -17,11 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from safetensors.numpy import load_file, save_file
 
 from hf_reference import randomized
 from panda_jax.models import CheckpointError, blip2_retrieval, checkpoint
-from panda_jax.models.sharding import RULES
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -172,28 +170,12 @@ def test_itm_itc_blip2_with_image_placeholders_in_the_prompt(saved, inputs, tmp_
     np.testing.assert_allclose(actual["itc"][0], expected.logits_per_image.numpy(), atol=1e-4)
 
 
-@pytest.mark.parity
-def test_itm_itc_blip2_bf16_compute_is_close_to_float32(saved, inputs, outputs):
-    half = run(blip2_retrieval.load(saved[1], dtype=jnp.bfloat16), inputs)
-    np.testing.assert_allclose(half["itm"], outputs["itm"], atol=5e-2)
-    np.testing.assert_allclose(half["itc"][0], outputs["itc"][0], atol=2e-2)
-
-
 def test_blip2_retrieval_loads_a_sharded_checkpoint(saved, inputs, outputs, tmp_path):
     saved[0].save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file() and not (tmp_path / "model.safetensors").exists()
     sharded = run(blip2_retrieval.load(tmp_path), inputs)
     np.testing.assert_array_equal(sharded["itm"], outputs["itm"])
     np.testing.assert_array_equal(sharded["itc"][0], outputs["itc"][0])
-
-
-def test_blip2_retrieval_parameters_name_their_axes(model):
-    known = {name for name, _ in RULES}
-    for path, parameter in nnx.iter_graph(model):
-        if isinstance(parameter, nnx.Param):
-            axes = parameter.get_metadata().get("logical_axes")
-            assert axes is not None and len(axes) == parameter.ndim, path
-            assert set(axes) - {None} <= known, path
 
 
 SHARDED_RUN = """
@@ -225,50 +207,8 @@ def test_blip2_retrieval_runs_sharded_over_a_data_and_model_mesh(saved, inputs, 
     assert result.returncode == 0 and "sharded ok" in result.stdout, result.stderr[-3000:]
 
 
-def test_blip2_retrieval_refuses_a_captioning_checkpoint_before_reading_weights(tmp_path):
-    config = transformers.Blip2Config(vision_config=VISION, qformer_config=QFORMER | {"use_qformer_text_input": False})
-    config.architectures = ["Blip2ForConditionalGeneration"]  # what its save_pretrained writes
-    config.save_pretrained(tmp_path)
-    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
-    refusal = "Blip2ForConditionalGeneration checkpoint; this loader reads Blip2ForImageTextRetrieval"
-    with pytest.raises(CheckpointError, match=refusal):
-        blip2_retrieval.load(tmp_path)
-
-
-def test_blip2_retrieval_refuses_another_architecture_before_reading_weights(tmp_path):
-    transformers.InstructBlipConfig(vision_config=VISION, qformer_config=QFORMER).save_pretrained(tmp_path)
-    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="'instructblip' checkpoint.*this loader reads 'blip-2'"):
-        blip2_retrieval.load(tmp_path)
-
-
 def test_blip2_retrieval_needs_the_qformer_text_input():
     config = blip2_config().to_dict()
     config["qformer_config"]["use_qformer_text_input"] = False
     with pytest.raises(CheckpointError, match="use_qformer_text_input is false"):
         blip2_retrieval.RetrievalConfig.from_hf(config)
-
-
-@pytest.mark.parametrize(
-    "change,message",
-    [
-        (lambda t: t.pop("itm_head.bias"), "missing tensors: itm_head.bias"),
-        (lambda t: t.pop("embeddings.word_embeddings.weight"), "missing tensors: embeddings.word_embeddings.weight"),
-        (
-            lambda t: t.update({"language_model.lm_head.weight": np.zeros((4, 32), np.float32)}),
-            "unexpected tensors: language_model.lm_head.weight",
-        ),
-        (
-            lambda t: t.update({"query_tokens": np.zeros((1, 8, 32), np.float32)}),
-            r"tensor query_tokens has shape \(1, 8, 32\), expected \(1, 4, 32\)",
-        ),
-    ],
-    ids=["missing-head", "missing-text-embeddings", "unexpected", "misshaped"],
-)
-def test_blip2_retrieval_names_tensors_that_do_not_fit(saved, tmp_path, change, message):
-    shutil.copy(saved[1] / "config.json", tmp_path / "config.json")
-    tensors = load_file(str(saved[1] / "model.safetensors"))
-    change(tensors)
-    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=message):
-        blip2_retrieval.load(tmp_path)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from safetensors.numpy import load_file, save_file
 
-from panda_jax.models import CheckpointError, checkpoint, clip, sharding
+from panda_jax.models import checkpoint, clip, sharding
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -133,23 +129,6 @@ def test_clip_sharded_checkpoint_loads(reference, tmp_path):
     np.testing.assert_allclose(logits_per_image, reference.outputs().logits_per_image.numpy(), atol=1e-4)
 
 
-def test_clip_bf16_compute_stays_close_to_float32(reference, ours):
-    model = clip.load(reference.directory, dtype=jnp.bfloat16)
-    params = jax.tree.leaves(nnx.state(model, nnx.Param))
-    assert params and all(p.dtype == jnp.float32 for p in params)
-    image = model.encode_image(reference.pixel_values)
-    text = model.encode_text(reference.input_ids, reference.attention_mask)
-    assert image.dtype == text.dtype == jnp.float32
-    scale = float(np.abs(ours.encode_image(reference.pixel_values)).max())
-    np.testing.assert_allclose(image, ours.encode_image(reference.pixel_values), atol=0.05 * scale)
-    np.testing.assert_allclose(
-        text, ours.encode_text(reference.input_ids, reference.attention_mask), atol=0.05 * scale
-    )
-    logits_per_image, _ = model(reference.pixel_values, reference.input_ids, reference.attention_mask)
-    temperature = float(np.exp(ours.logit_scale[...]))  # logits are cosine similarities times this
-    np.testing.assert_allclose(logits_per_image, reference.outputs().logits_per_image.numpy(), atol=0.01 * temperature)
-
-
 def test_clip_compiles_with_nnx_jit_and_with_split_merge(reference, ours):
     eager = np.asarray(ours.encode_image(reference.pixel_values))
     encode = nnx.cached_partial(nnx.jit(clip.CLIPModel.encode_image), ours)
@@ -177,11 +156,7 @@ def test_clip_tokenizer_loads_from_the_checkpoint_directory(reference):
     assert loaded.eos_token_id == reference.tokenizer.eos_token_id
 
 
-def test_clip_every_parameter_has_logical_axes_the_rules_place(ours):
-    for path, variable in nnx.iter_graph(ours):
-        if isinstance(variable, nnx.Param):
-            axes = variable.get_metadata().get("logical_axes")
-            assert axes is not None and len(axes) == variable.ndim, (path, axes)
+def test_clip_fused_attention_projection_is_split_by_heads(ours):
     shardings = sharding.parameter_shardings(ours, sharding.make_mesh())
     qkv = shardings["text_model"]["encoder"]["layers"][0]["self_attn"]["qkv"]["kernel"]
     assert qkv.spec == jax.sharding.PartitionSpec(None, None, "model")
@@ -216,58 +191,3 @@ def test_clip_preprocess_matches_clip_image_processor_to_a_grey_level(shape, siz
     assert pixel_values.shape == expected.shape == (2, 3, size, size)
     grey_levels = np.abs(pixel_values - expected) * 255 * np.array(clip.IMAGE_STD)[:, None, None]
     assert grey_levels.max() < 1.001 and grey_levels.mean() < 0.01  # PIL's fixed-point rounding
-
-
-# --- Checkpoints that do not fit ---------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def saved_checkpoint(tmp_path_factory) -> Path:
-    """A quick_gelu checkpoint for the tests that break it (one config is enough for them)."""
-    tokenizer = train_tokenizer()
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("clip_errors")
-    transformers.CLIPModel(hf_config(tokenizer, "quick_gelu", tokenizer.eos_token_id)).save_pretrained(directory)
-    return directory
-
-
-def rewritten(source: Path, directory: Path, change) -> Path:
-    """A copy of the checkpoint `source` whose tensors `change` edits in place."""
-    shutil.copytree(source, directory)
-    tensors = load_file(directory / checkpoint.WEIGHTS_NAME)
-    change(tensors)
-    save_file(tensors, directory / checkpoint.WEIGHTS_NAME)
-    return directory
-
-
-def test_clip_refuses_a_checkpoint_with_a_missing_tensor(saved_checkpoint, tmp_path):
-    name = "vision_model.encoder.layers.1.self_attn.k_proj.bias"
-    directory = rewritten(saved_checkpoint, tmp_path / "ckpt", lambda tensors: tensors.pop(name))
-    with pytest.raises(CheckpointError, match=f"missing tensors: {name}"):
-        clip.load(directory)
-
-
-def test_clip_refuses_a_checkpoint_with_an_unexpected_tensor(saved_checkpoint, tmp_path):
-    name = "text_model.encoder.layers.2.mlp.fc1.weight"
-    extra = {name: np.zeros((37, 32), np.float32)}
-    directory = rewritten(saved_checkpoint, tmp_path / "ckpt", lambda tensors: tensors.update(extra))
-    with pytest.raises(CheckpointError, match=f"unexpected tensors: {name}"):
-        clip.load(directory)
-
-
-def test_clip_refuses_a_checkpoint_with_a_misshaped_tensor(saved_checkpoint, tmp_path):
-    name = "vision_model.embeddings.patch_embedding.weight"
-    misshaped = {name: np.zeros((32, 3, 5, 5), np.float32)}
-    directory = rewritten(saved_checkpoint, tmp_path / "ckpt", lambda tensors: tensors.update(misshaped))
-    with pytest.raises(CheckpointError, match=rf"{name} has shape \(32, 3, 5, 5\), expected \(32, 3, 6, 6\)"):
-        clip.load(directory)
-
-
-def test_clip_refuses_another_architecture_before_reading_weights(saved_checkpoint, tmp_path):
-    directory = tmp_path / "bert"
-    shutil.copytree(saved_checkpoint, directory)
-    config = json.loads((directory / checkpoint.CONFIG_NAME).read_text())
-    (directory / checkpoint.CONFIG_NAME).write_text(json.dumps({**config, "model_type": "bert"}))
-    (directory / checkpoint.WEIGHTS_NAME).write_bytes(b"not safetensors")  # reading it would fail differently
-    with pytest.raises(CheckpointError, match="'bert' checkpoint.*reads 'clip'"):
-        clip.load(directory)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from panda_jax.models import CheckpointError, checkpoint, instructblip, sharding
-from hf_reference import broken_copy, randomized
+from panda_jax.models import CheckpointError, instructblip
+from panda_jax.models.generation import GenerationConfig
+from hf_reference import randomized
 from test_llama import train_llama_tokenizer, with_config  # tests/ is on sys.path under pytest
 
 torch = pytest.importorskip("torch")
@@ -41,16 +40,21 @@ def instructblip_processor() -> transformers.InstructBlipProcessor:
     )
 
 
-def build_reference(name: str, directory: Path, placeholder: int) -> torch.nn.Module:
-    config_class, model_class, placeholder_key, cross_attention_frequency = VARIANTS[name]
+def instructblip_config(name: str, placeholder: int, **text):
+    """A tiny InstructBLIP (or -Video) config whose prompts hold `placeholder` tokens; `text` overrides LLaMA's."""
+    config_class, _, placeholder_key, cross_attention_frequency = VARIANTS[name]
     qformer = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                    cross_attention_frequency=cross_attention_frequency, max_position_embeddings=32)  # fmt: skip
-    config = getattr(transformers, config_class)(
-        vision_config=VISION, qformer_config=qformer, text_config=TEXT, num_query_tokens=QUERIES,
+    return getattr(transformers, config_class)(
+        vision_config=VISION, qformer_config=qformer, text_config=TEXT | text, num_query_tokens=QUERIES,
         **{placeholder_key: placeholder},
     )  # fmt: skip
+
+
+def build_reference(name: str, directory: Path, placeholder: int, **text) -> torch.nn.Module:
+    """A random `name` model saved to `directory`; `text` overrides the language model's config."""
     torch.manual_seed(0)
-    reference = getattr(transformers, model_class)(config)
+    reference = getattr(transformers, VARIANTS[name][1])(instructblip_config(name, placeholder, **text))
     # Everything random (transformers starts the queries at zero, the vision encoder near it), except
     # LLaMA, whose own random start keeps captions varied; at scale 0.2 it repeats one token.
     language_model = {name: value.clone() for name, value in reference.language_model.state_dict().items()}
@@ -150,7 +154,7 @@ def test_instructblip_generate_matches_transformers(variant, eos_token_id, num_b
     expected = expected[:, inputs["input_ids"].shape[1] :]
     if num_beams == 1:
         assert (expected[0] == eos_token_id).any() and not (expected[1] == eos_token_id).any()
-    np.testing.assert_array_equal(model.generate(**inputs, **settings), expected)
+    np.testing.assert_array_equal(model.generate(**inputs, generation_config=GenerationConfig(**settings)), expected)
 
 
 @pytest.mark.parity
@@ -161,30 +165,9 @@ def test_instructblip_generate_without_prompt_matches_transformers(variant):
     visual_inputs = {key: inputs[key] for key in ("pixel_values", "qformer_input_ids", "qformer_attention_mask")}
     with torch.no_grad():
         expected = reference.generate(**as_torch(visual_inputs), do_sample=False, max_new_tokens=6).numpy()
-    tokens = model.generate(**visual_inputs, max_new_tokens=6)
+    tokens = model.generate(**visual_inputs, generation_config=GenerationConfig(max_new_tokens=6, num_beams=1))
     prompt_length = model.num_placeholders(inputs["pixel_values"].shape) + 1
     np.testing.assert_array_equal(tokens, expected[:, prompt_length:])
-
-
-@pytest.mark.parity
-@pytest.mark.parametrize("variant", ["instructblip"], indirect=True)
-def test_instructblip_bf16_compute_close_to_float32(variant):
-    _, directory, _, model, inputs = variant
-    bf16 = instructblip.load(directory, dtype=jnp.bfloat16)
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
-    real = inputs["attention_mask"].astype(bool)
-    logits16, logits32 = np.asarray(forward(bf16, inputs))[real], np.asarray(forward(model, inputs))[real]
-    assert np.abs(logits16 - logits32).max() < 0.05 * np.abs(logits32).max()
-
-
-def test_instructblip_parameters_carry_logical_axes(variant):
-    model = variant[3]
-    params = [(path, p) for path, p in nnx.iter_graph(model) if isinstance(p, nnx.Param)]
-    assert len(params) == len(instructblip.instructblip_slots(model))  # one checkpoint tensor each
-    for path, param in params:
-        axes = param.get_metadata().get("logical_axes")
-        assert axes is not None and len(axes) == param.ndim, path
-        sharding.partition_spec(axes)  # every name has a rule
 
 
 @pytest.mark.parametrize("variant", ["instructblip"], indirect=True)
@@ -205,29 +188,10 @@ def test_instructblip_refuses_prompt_without_one_placeholder_per_visual_token(va
     with pytest.raises(ValueError, match="placeholder tokens"):
         model(**short)
     with pytest.raises(ValueError, match="placeholder tokens"):
-        model.generate(**short, max_new_tokens=2)
+        model.generate(**short)
 
 
 # --- loading errors -----------------------------------------------------------------------
-
-
-def test_instructblip_names_missing_unexpected_and_misshaped_tensors(variant, tmp_path):
-    def change(tensors: dict[str, np.ndarray]) -> None:
-        del tensors["qformer.encoder.layer.0.crossattention.attention.key.weight"]
-        tensors["language_model.model.layers.2.mlp.up_proj.weight"] = tensors["language_model.model.layers.1.mlp.up_proj.weight"]
-        tensors["query_tokens"] = np.zeros((1, QUERIES + 1, 32), np.float32)
-
-    with pytest.raises(CheckpointError) as error:
-        instructblip.load(broken_copy(variant[1], tmp_path, change))
-    message = str(error.value)
-    assert "missing tensors: qformer.encoder.layer.0.crossattention.attention.key.weight" in message
-    assert "unexpected tensors: language_model.model.layers.2.mlp.up_proj.weight" in message
-    assert "query_tokens has shape (1, 5, 32), expected (1, 4, 32)" in message
-
-
-def test_instructblip_refuses_other_architecture_before_reading_weights(variant, tmp_path):
-    with pytest.raises(CheckpointError, match="'blip-2' checkpoint.*reads 'instructblip' or 'instructblipvideo'"):
-        instructblip.load(with_config(variant[1], tmp_path, model_type="blip-2"))
 
 
 def test_instructblip_refuses_non_llama_language_model_before_reading_weights(variant, tmp_path):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from hf_reference import broken_copy, save_reference
-from panda_jax.models import CheckpointError, checkpoint, generation, llama, sharding
+from hf_reference import save_reference
+from panda_jax.models import CheckpointError, checkpoint, generation, llama
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -164,19 +163,8 @@ def test_llama_inputs_embeds_equal_input_ids(gqa, batch):
         model(input_ids, inputs_embeds=model.embed(input_ids))
 
 
-@pytest.mark.parity
-def test_llama_bf16_compute_close_to_float32(gqa, batch):
-    directory, _, model = gqa
-    input_ids, attention_mask = batch
-    bf16 = llama.load(directory, dtype=jnp.bfloat16)
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
-    logits16 = np.asarray(forward(bf16, input_ids, attention_mask))
-    logits32 = np.asarray(forward(model, input_ids, attention_mask))
-    assert logits16.dtype == np.float32
-    real = attention_mask.astype(bool)
-    scale = np.abs(logits32[real]).max()
-    assert np.abs(logits16[real] - logits32[real]).max() < 0.05 * scale
-    assert bf16.init_cache(2, 8).keys[0].dtype == jnp.bfloat16
+def test_llama_bf16_compute_keeps_a_bf16_cache(gqa):
+    assert llama.load(gqa[0], dtype=jnp.bfloat16).init_cache(2, 8).keys[0].dtype == jnp.bfloat16
 
 
 @pytest.mark.parity
@@ -188,23 +176,6 @@ def test_llama_sharded_checkpoint_loads_like_single_file(tmp_path, gqa, batch):
     input_ids, attention_mask = batch
     np.testing.assert_array_equal(
         np.asarray(forward(sharded, input_ids, attention_mask)), np.asarray(forward(model, input_ids, attention_mask))
-    )
-
-
-def test_llama_parameters_carry_logical_axes_and_shard(gqa, batch):
-    _, _, model = gqa
-    for path, param in nnx.iter_graph(model):
-        if isinstance(param, nnx.Param):
-            axes = param.get_metadata().get("logical_axes")
-            assert axes is not None and len(axes) == param.ndim, path
-            sharding.partition_spec(axes)  # every name has a rule
-    mesh = sharding.make_mesh()
-    sharded = sharding.shard_model(llama.load(gqa[0]), mesh)
-    input_ids, attention_mask = batch
-    np.testing.assert_allclose(
-        np.asarray(forward(sharded, *sharding.shard_batch((input_ids, attention_mask), mesh))),
-        np.asarray(forward(model, input_ids, attention_mask)),
-        atol=1e-6,
     )
 
 
@@ -269,34 +240,6 @@ def with_config(directory: Path, destination: Path, **fields) -> Path:
     (destination / "config.json").write_text(json.dumps(config | fields))
     (destination / checkpoint.WEIGHTS_NAME).write_bytes(b"not a safetensors file")
     return destination
-
-
-def test_llama_missing_tensor_is_named(gqa, tmp_path):
-    directory = broken_copy(gqa[0], tmp_path, lambda tensors: tensors.pop("model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(CheckpointError, match=r"missing tensors: model\.layers\.1\.mlp\.up_proj\.weight"):
-        llama.load(directory)
-
-
-def test_llama_unexpected_tensor_is_named(gqa, tmp_path):
-    def add_layer(tensors: dict[str, np.ndarray]) -> None:
-        tensors["model.layers.2.self_attn.q_proj.weight"] = tensors["model.layers.1.self_attn.q_proj.weight"]
-
-    with pytest.raises(CheckpointError, match=r"unexpected tensors: model\.layers\.2\.self_attn\.q_proj\.weight"):
-        llama.load(broken_copy(gqa[0], tmp_path, add_layer))
-
-
-def test_llama_misshaped_tensor_is_named(gqa, tmp_path):
-    def multi_head_keys(tensors: dict[str, np.ndarray]) -> None:
-        tensors["model.layers.0.self_attn.k_proj.weight"] = np.zeros((32, 32), np.float32)  # MHA shape in a GQA model
-
-    expected = r"model\.layers\.0\.self_attn\.k_proj\.weight has shape \(32, 32\), expected \(16, 32\)"
-    with pytest.raises(CheckpointError, match=expected):
-        llama.load(broken_copy(gqa[0], tmp_path, multi_head_keys))
-
-
-def test_llama_refuses_other_architecture_before_reading_weights(gqa, tmp_path):
-    with pytest.raises(CheckpointError, match="'opt' checkpoint.*reads 'llama'"):
-        llama.load(with_config(gqa[0], tmp_path, model_type="opt"))
 
 
 def test_llama_refuses_unsupported_rope_type(gqa, tmp_path):

@@ -20,8 +20,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from panda_jax.data import testmedia
-from lpips_weights import random_heads, torchvision_like_alexnet
-from panda_jax.models import CheckpointError, lpips
+from lpips_weights import random_heads, torchvision_like_alexnet, write_random_lpips
+from panda_jax.models import CheckpointError, checkpoint, lpips
 
 torch = pytest.importorskip("torch")
 
@@ -100,7 +100,8 @@ def exported_alexnet(reference, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def flax_lpips(exported_alexnet, lpips_wheel) -> lpips.LPIPS:
     # The heads go in as the wheel's own .pth, so the torch reading path is tested too.
-    return lpips.load(exported_alexnet, lpips_wheel / "lpips/weights/v0.1/alex.pth")
+    heads = lpips_wheel / "lpips/weights/v0.1/alex.pth"
+    return lpips.load(lpips.convert(heads, exported_alexnet.parent / "lpips", alexnet_path=exported_alexnet))
 
 
 def _image_pairs(batch: int, height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,54 +165,35 @@ def test_rejects_bad_inputs():
 
 
 def test_loader_maps_torch_layout(tmp_path):
+    """`convert` keeps AlexNet's `features.*` (not its classifier) and the heads; `load` maps them."""
+    directory = write_random_lpips(tmp_path)
     alexnet, heads = torchvision_like_alexnet(), random_heads()
-    save_file(alexnet, str(tmp_path / "alexnet.safetensors"))
-    save_file(heads, str(tmp_path / "heads.safetensors"))
-    model = lpips.load(tmp_path / "alexnet.safetensors", tmp_path / "heads.safetensors")
+    kept = sorted(name for name in alexnet | heads if not name.startswith("classifier."))
+    assert sorted(load_file(directory / checkpoint.WEIGHTS_NAME)) == kept
+    model = lpips.load(directory)
     conv = model.backbone.convs[1]  # features.3
     np.testing.assert_array_equal(conv.kernel[...], alexnet["features.3.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(model.backbone.convs[4].bias[...], alexnet["features.10.bias"])
     np.testing.assert_array_equal(model.heads[2].kernel[...][:, 0], heads["lin2.model.1.weight"].reshape(-1))
 
 
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        (lambda s: s.pop("features.3.bias"), "missing tensors: features.3.bias"),
-        (lambda s: s.update({"features.12.weight": np.zeros(3, np.float32)}), "unexpected tensors: features.12.weight"),
-        (lambda s: s.update({"features.6.weight": np.zeros((384, 192, 5, 5), np.float32)}),
-         r"features.6.weight has shape \(384, 192, 5, 5\), expected \(384, 192, 3, 3\)"),
-    ],
-)  # fmt: skip
-def test_loader_names_bad_backbone_tensors(tmp_path, edit, message):
-    state = torchvision_like_alexnet()
-    edit(state)
-    save_file(state, str(tmp_path / "alexnet.safetensors"))
-    model = lpips.LPIPS(rngs=nnx.Rngs(0))
-    with pytest.raises(CheckpointError, match=message):
-        lpips.load_alexnet(model, tmp_path / "alexnet.safetensors")
-
-
-def test_loader_refuses_negative_or_missing_heads(tmp_path):
-    model = lpips.LPIPS(rngs=nnx.Rngs(0))
-    heads = random_heads()
-    heads["lin1.model.1.weight"][0, 5] = -0.1
-    save_file(heads, str(tmp_path / "negative.safetensors"))
+def test_loader_refuses_negative_heads(tmp_path):
+    directory = write_random_lpips(tmp_path)
+    tensors = load_file(directory / checkpoint.WEIGHTS_NAME)
+    tensors["lin1.model.1.weight"][0, 5] = -0.1
+    save_file(tensors, directory / checkpoint.WEIGHTS_NAME)
     with pytest.raises(CheckpointError, match="non-negative.*lin1.model.1.weight"):
-        lpips.load_heads(model, tmp_path / "negative.safetensors")
-    heads = random_heads()
-    del heads["lin4.model.1.weight"]
-    save_file(heads, str(tmp_path / "four.safetensors"))
-    with pytest.raises(CheckpointError, match="missing tensors: lin4.model.1.weight"):
-        lpips.load_heads(model, tmp_path / "four.safetensors")
+        lpips.load(directory)
 
 
 @pytest.mark.media
-def test_pretrained_heads_from_the_registry(lpips_wheel):
-    path = lpips.pretrained_heads_path()
-    assert path.suffix == ".safetensors"
-    heads = load_file(str(path))
-    assert sorted(heads) == [f"lin{i}.model.1.weight" for i in range(5)]
+def test_pretrained_checkpoint_from_the_registry(lpips_wheel):
+    """The wheel's heads, and the backbone a fresh `LPIPS(rngs=nnx.Rngs(0))` starts with."""
+    model = lpips.load(lpips.pretrained_checkpoint())
     wheel_heads = torch.load(lpips_wheel / "lpips/weights/v0.1/alex.pth", map_location="cpu", weights_only=True)
-    for name, tensor in wheel_heads.items():
-        np.testing.assert_array_equal(heads[name], tensor.numpy())
+    for i, head in enumerate(model.heads):
+        np.testing.assert_array_equal(head.kernel[...][:, 0], wheel_heads[f"lin{i}.model.1.weight"].numpy().reshape(-1))
+    fresh = lpips.LPIPS(rngs=nnx.Rngs(0))
+    for conv, fresh_conv in zip(model.backbone.convs, fresh.backbone.convs):
+        np.testing.assert_array_equal(conv.kernel[...], fresh_conv.kernel[...])
+        np.testing.assert_array_equal(conv.bias[...], fresh_conv.bias[...])

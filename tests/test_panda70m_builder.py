@@ -116,11 +116,11 @@ def test_frames_are_the_uniformly_sampled_clip_frames(local_build, dummy):
 
 
 def test_split_quality_is_max_running_lpips_of_each_clip(tmp_path, dummy):
-    alexnet, heads = write_random_lpips(tmp_path)
-    config = dataclasses.replace(TINY_LOCAL, name="local_lpips", lpips_alexnet=str(alexnet), lpips_heads=str(heads))
+    weights = write_random_lpips(tmp_path / "lpips")
+    config = dataclasses.replace(TINY_LOCAL, name="local_lpips", lpips_checkpoint=str(weights))
     _build(config, tmp_path / "tfds", manual_dir=dummy)
     examples = _by_clip(config, tmp_path / "tfds")
-    model = lpips.load(alexnet, heads)
+    model = lpips.load(weights)
     for video in ("shapes_a", "shapes_b"):
         records = tmp_path / "tfds" / "panda70m_work" / "local_lpips" / "split" / video / "clips.jsonl"
         clips = list(read_jsonl(records))
@@ -130,9 +130,9 @@ def test_split_quality_is_max_running_lpips_of_each_clip(tmp_path, dummy):
             assert examples[clip["clip_id"]]["max_running_lpips"] == pytest.approx(score, rel=1e-5)
 
 
-def test_split_quality_needs_both_lpips_files(tmp_path, dummy):
-    config = dataclasses.replace(TINY_LOCAL, name="local_half_lpips", lpips_alexnet=str(tmp_path / "alexnet.safetensors"))
-    with pytest.raises(ValueError, match="both lpips_alexnet and lpips_heads"):
+def test_split_quality_needs_an_lpips_checkpoint_directory(tmp_path, dummy):
+    config = dataclasses.replace(TINY_LOCAL, name="local_no_lpips", lpips_checkpoint=str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="no LPIPS checkpoint directory"):
         _build(config, tmp_path / "tfds", manual_dir=dummy)
 
 

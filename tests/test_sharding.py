@@ -4,7 +4,8 @@ XLA's device count is fixed when jax starts, so each check runs this file as a s
 fresh process with `--xla_force_host_platform_device_count=8`; the script builds a small random
 transformers model, loads it into ours, runs it on one device, then with its parameters placed
 by `sharding.RULES` on a 4×2 mesh and the batch split over 'data', and compares the outputs
-(for BLIP-2-OPT the logits and the beam-search captions).
+(for BLIP-2-OPT the logits and the beam-search captions). Another loads LLaMA straight onto a
+1×8 mesh and watches every device's memory while it does.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def _run_check(name: str) -> str:
 def test_sharded_outputs_equal_single_device_outputs(name):
     output = _run_check(name)
     assert f"{name}: sharded == single device" in output, output
+
+
+@pytest.mark.slow
+def test_loading_onto_a_mesh_never_puts_more_than_its_share_on_a_device():
+    output = _run_check("load_onto_mesh")
+    assert "load_onto_mesh: within shares" in output, output
 
 
 # --- the checks, run in a process with 8 CPU devices ---------------------------------------
@@ -113,6 +120,7 @@ def check_blip2_opt(directory: Path) -> None:
     from flax import nnx
 
     from panda_jax.models import blip2
+    from panda_jax.models.generation import GenerationConfig
 
     torch.manual_seed(0)
     config = transformers.Blip2Config(
@@ -135,7 +143,7 @@ def check_blip2_opt(directory: Path) -> None:
 
     def outputs(*batch):
         logits = nnx.jit(lambda m, p, i, a: m(p, i, a))(model, *batch)
-        return logits, model.generate(*batch, max_new_tokens=5, num_beams=2)
+        return logits, model.generate(*batch, generation_config=GenerationConfig(max_new_tokens=5, num_beams=2))
 
     single = outputs(pixel_values, prompt, mask)
     mesh = sharding.make_mesh(**MESH)
@@ -144,9 +152,65 @@ def check_blip2_opt(directory: Path) -> None:
     _compare("blip2_opt", single, sharded, _placements(model))
 
 
+def _bytes_per_device(arrays) -> np.ndarray:
+    """How many bytes of `arrays` each of the 8 devices holds; a buffer seen twice (an array and its
+    shard's own array) counts once."""
+    buffers = {}
+    for array in arrays:
+        for shard in array.addressable_shards:
+            buffers[shard.device.id, shard.data.unsafe_buffer_pointer()] = shard.data.nbytes
+    held = np.zeros(8, np.int64)
+    for (device, _), nbytes in buffers.items():
+        held[device] += nbytes
+    return held
+
+
+def check_load_onto_mesh(directory: Path) -> None:
+    """`load(..., mesh=)` places each tensor as it reads it: after every placement, no device holds
+    more than its share of the whole model; the model is the one a plain load gives."""
+    import jax
+    import torch
+    import transformers
+    from flax import nnx
+
+    from panda_jax import models
+    from test_llama import tiny_config  # every sharded dimension divides by 8
+
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(tiny_config()).save_pretrained(directory)
+    mesh = sharding.make_mesh(data=1, model=8)
+    place, before = jax.device_put, _bytes_per_device(jax.live_arrays())
+    peak = before
+
+    def watched_place(*args, **kwargs):
+        nonlocal peak
+        placed = place(*args, **kwargs)
+        peak = np.maximum(peak, _bytes_per_device(jax.live_arrays()))
+        return placed
+
+    jax.device_put = watched_place
+    try:
+        model = models.load(directory, mesh=mesh)
+    finally:
+        jax.device_put = place
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    share = _bytes_per_device(params)
+    assert (peak - before <= share).all(), (peak - before, share)
+    assert (share < sum(p.nbytes for p in params)).all(), "nothing was split over the devices"
+
+    plain = models.load(directory)
+    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(plain))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    input_ids = np.random.default_rng(0).integers(0, 128, (2, 6))
+    forward = nnx.jit(lambda m, ids: m(ids)[0])
+    np.testing.assert_allclose(np.asarray(forward(model, input_ids)), np.asarray(forward(plain, input_ids)), atol=1e-5)
+    print(f"load_onto_mesh: within shares (at most {share.max()} of {sum(p.nbytes for p in params)} bytes per device)")
+
+
 if __name__ == "__main__":
     import jax
 
     assert len(jax.devices()) == 8, jax.devices()
+    checks = {"clip": check_clip, "blip2_opt": check_blip2_opt, "load_onto_mesh": check_load_onto_mesh}
     with tempfile.TemporaryDirectory() as tmp:
-        {"clip": check_clip, "blip2_opt": check_blip2_opt}[sys.argv[1]](Path(tmp))
+        checks[sys.argv[1]](Path(tmp))

@@ -3,9 +3,10 @@
 A frozen vision encoder (EVA ViT-g in the released models) gives patch features; the Q-Former's
 32 learned queries read them through cross-attention; a linear projection turns the query
 outputs into 32 "visual tokens" in the language model's embedding space; the frozen language
-model (OPT, decoder-only, or Flan-T5, encoder-decoder) reads them in place of placeholder tokens
-of its prompt and writes the caption. Three of Panda-70M's teachers are BLIP-2 models
-(opt-2.7b, opt-6.7b, flan-t5-xl), and the student captioner is built from the same parts.
+model (OPT or LLaMA, decoder-only, or Flan-T5, encoder-decoder) reads them in place of
+placeholder tokens of its prompt and writes the caption. Three of Panda-70M's teachers are
+BLIP-2 models (opt-2.7b, opt-6.7b, flan-t5-xl), and the student captioner is built from the
+same parts.
 
 Layout and conventions are transformers 5.24's `Blip2ForConditionalGeneration`: `input_ids`
 hold `num_query_tokens` copies of `image_token_index` (the processor puts them before the
@@ -28,14 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from panda_jax.models import CheckpointError, checkpoint, generation, opt, t5
+from panda_jax.models import CheckpointError, checkpoint, generation, llama, opt, t5
 from panda_jax.models.blip2_vision import VisionConfig, VisionEncoder, vision_slots
 from panda_jax.models.layers import linear
-from panda_jax.models.qformer import QFormer, QFormerConfig, QueryTokens, is_position_ids_buffer, qformer_slots, query_token_slots
+from panda_jax.models.qformer import QFormer, QFormerConfig, QueryTokens, qformer_slots, query_token_slots
 
-MODEL_TYPE = "blip-2"
-ARCHITECTURE = "Blip2ForConditionalGeneration"
+MODEL_TYPES = ("blip-2",)
+ARCHITECTURES = ("Blip2ForConditionalGeneration",)
 
 
 class LanguageModel(NamedTuple):
@@ -43,12 +45,15 @@ class LanguageModel(NamedTuple):
 
     config: Any  # its config class, with `from_hf(dict, tensor_names, prefix)`
     module: type[nnx.Module]
-    slots: Callable[[Any, str], dict[str, checkpoint.Slot]]
-    ignore: Callable[[str], Callable[[str], bool]]  # prefix → tensors to accept unread
+    slots: Callable[[Any, str], dict[str, checkpoint.Slot]]  # (model, prefix) → its slots
+    ignore: Callable[[Any, str], tuple[str, ...]] = lambda model, prefix: ()  # (model, prefix) → its ignore rules
 
 
-LANGUAGE_MODELS = {  # text_config.model_type → its language model
-    "opt": LanguageModel(opt.OPTConfig, opt.OPTForCausalLM, opt.opt_slots, lambda prefix: lambda name: False),
+# text_config.model_type → its language model: any causal LM transformers' AutoModelForCausalLM
+# builds, or T5, that has a Flax model here.
+LANGUAGE_MODELS = {
+    "opt": LanguageModel(opt.OPTConfig, opt.OPTForCausalLM, opt.opt_slots),
+    "llama": LanguageModel(llama.LlamaConfig, llama.LlamaForCausalLM, llama.llama_slots, llama.llama_ignore),
     "t5": LanguageModel(t5.T5Config, t5.T5ForConditionalGeneration, t5.t5_slots, t5.t5_ignore),
 }
 
@@ -57,8 +62,8 @@ LANGUAGE_MODELS = {  # text_config.model_type → its language model
 class Blip2Config:
     vision: VisionConfig
     qformer: QFormerConfig
-    text: opt.OPTConfig | t5.T5Config
-    text_model_type: str  # "opt" or "t5"
+    text: opt.OPTConfig | llama.LlamaConfig | t5.T5Config
+    text_model_type: str  # a key of LANGUAGE_MODELS
     num_query_tokens: int = 32
     image_token_index: int | None = None  # None: visual tokens go in front of the prompt
 
@@ -85,10 +90,6 @@ class Blip2Config:
             num_query_tokens=config.get("num_query_tokens", 32),
             image_token_index=config.get("image_token_index"),
         )
-
-    @property
-    def text_hidden_size(self) -> int:
-        return self.text.hidden_size if self.text_model_type == "opt" else self.text.d_model
 
 
 def fill_placeholders(embeds: jax.Array, is_placeholder: jax.Array, visual_tokens: jax.Array) -> jax.Array:
@@ -122,7 +123,7 @@ class Blip2(nnx.Module):
         self.query_tokens = QueryTokens(config.num_query_tokens, config.qformer.hidden_size, rngs=rngs)
         self.qformer = QFormer(config.qformer, dtype=dtype, rngs=rngs)
         self.language_projection = linear(
-            config.qformer.hidden_size, config.text_hidden_size, ("embed", "embed"), dtype=dtype, rngs=rngs
+            config.qformer.hidden_size, config.text.hidden_size, ("embed", "embed"), dtype=dtype, rngs=rngs
         )
         self.language_model = LANGUAGE_MODELS[config.text_model_type].module(config.text, dtype=dtype, rngs=rngs)
 
@@ -185,15 +186,11 @@ class Blip2(nnx.Module):
         input_ids: jax.Array | np.ndarray | None = None,
         attention_mask: jax.Array | np.ndarray | None = None,
         *,
-        max_new_tokens: int,
-        num_beams: int = 1,
-        eos_token_id: int | tuple[int, ...] | None = None,
-        pad_token_id: int | None = None,
-        length_penalty: float = 1.0,
-        early_stopping: bool | str = False,
+        generation_config: generation.GenerationConfig | None = None,
     ) -> np.ndarray:
         """New token ids [batch, <= max_new_tokens], as transformers' `generate(do_sample=False)` picks them.
 
+        Decoded as `generation_config` says (default: `GenerationConfig()`, 3-beam captioning).
         transformers returns the prompt and the new tokens for OPT, the decoder start token and
         the new tokens for T5; this returns the new tokens only.
         """
@@ -208,12 +205,7 @@ class Blip2(nnx.Module):
             self.language_model,
             inputs_embeds=embeds,
             attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            length_penalty=length_penalty,
-            early_stopping=early_stopping,
+            **dataclasses.asdict(generation_config or generation.GenerationConfig()),
         )
 
     def _check_prompt(self, input_ids: Any) -> None:
@@ -236,26 +228,19 @@ def blip2_slots(model: Blip2, prefix: str = "") -> dict[str, checkpoint.Slot]:
     )
 
 
-def load(directory: str | os.PathLike, dtype: Any = jnp.float32) -> Blip2:
-    """A Blip2ForConditionalGeneration checkpoint directory (OPT or Flan-T5 language model) as a Flax model.
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> Blip2:
+    """A Blip2ForConditionalGeneration checkpoint directory (OPT, LLaMA or Flan-T5 language model) as a Flax model.
 
     Retrieval checkpoints share model_type "blip-2" and are refused by their `architectures`
     before any weight is read (`blip2_retrieval.load` reads them). `dtype` is the computation
-    dtype; parameters stay float32.
+    dtype; parameters stay float32. With a `mesh`, each parameter is placed on it as it is
+    read (`checkpoint.fill`).
     """
-    hf_config = checkpoint.read_config(directory, (MODEL_TYPE,))
-    architectures = hf_config.get("architectures") or []
-    if architectures and ARCHITECTURE not in architectures:
-        raise CheckpointError(f"{directory} holds a {', '.join(architectures)} checkpoint; this loader reads {ARCHITECTURE}")
+    hf_config = checkpoint.read_config(directory, MODEL_TYPES, ARCHITECTURES)
     weights = checkpoint.SafetensorsCheckpoint(directory)
     config = Blip2Config.from_hf(hf_config, weights.names())
     model = checkpoint.abstract(lambda: Blip2(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    language_ignore = LANGUAGE_MODELS[config.text_model_type].ignore("language_model.")
-    checkpoint.fill(
-        weights,
-        model,
-        blip2_slots(model),
-        ignore=lambda name: is_position_ids_buffer(name) or language_ignore(name),
-        what=ARCHITECTURE,
-    )
+    language_model = LANGUAGE_MODELS[config.text_model_type]
+    ignore = language_model.ignore(model.language_model, "language_model.")
+    checkpoint.fill(weights, model, blip2_slots(model), ignore=ignore, what="BLIP-2", mesh=mesh)
     return model

@@ -27,22 +27,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.blip2_vision import VisionConfig, VisionEncoder, vision_slots
 from panda_jax.models.checkpoint import Slot
 from panda_jax.models.layers import linear
-from panda_jax.models.qformer import (
-    QFormer,
-    QFormerConfig,
-    QueryTokens,
-    is_position_ids_buffer,
-    qformer_slots,
-    query_token_slots,
-)
+from panda_jax.models.qformer import QFormer, QFormerConfig, QueryTokens, qformer_slots, query_token_slots
 
-MODEL_TYPE = "blip-2"
-ARCHITECTURE = "Blip2ForImageTextRetrieval"
+MODEL_TYPES = ("blip-2",)
+ARCHITECTURES = ("Blip2ForImageTextRetrieval",)
 
 
 @dataclass(frozen=True)
@@ -169,27 +163,16 @@ def retrieval_slots(model: Blip2Retrieval, prefix: str = "") -> dict[str, Slot]:
     )
 
 
-def load(directory: str | os.PathLike, dtype: Any = jnp.float32) -> Blip2Retrieval:
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> Blip2Retrieval:
     """A `Blip2ForImageTextRetrieval` checkpoint directory as a Blip2Retrieval.
 
     BLIP-2 captioning checkpoints share model_type "blip-2": they are told apart by
     `architectures` and refused, like any other architecture, before any weight is read.
-    Raises CheckpointError naming every missing, unexpected or misshaped tensor.
+    Raises CheckpointError naming every missing, unexpected or misshaped tensor. With a
+    `mesh`, each parameter is placed on it as it is read (`checkpoint.fill`).
     """
-    config = checkpoint.read_config(directory, (MODEL_TYPE,))
-    architectures = config.get("architectures") or []
-    if architectures and ARCHITECTURE not in architectures:
-        raise CheckpointError(
-            f"{directory} holds a {', '.join(architectures)} checkpoint; this loader reads {ARCHITECTURE} "
-            "(BLIP-2 with ITC/ITM heads, no language model)"
-        )
-    retrieval_config = RetrievalConfig.from_hf(config)
-    model = checkpoint.abstract(lambda: Blip2Retrieval(retrieval_config, dtype=dtype, rngs=nnx.Rngs(0)))
-    checkpoint.fill(
-        checkpoint.SafetensorsCheckpoint(directory),
-        model,
-        retrieval_slots(model),
-        ignore=is_position_ids_buffer,
-        what=ARCHITECTURE,
-    )
+    config = RetrievalConfig.from_hf(checkpoint.read_config(directory, MODEL_TYPES, ARCHITECTURES))
+    model = checkpoint.abstract(lambda: Blip2Retrieval(config, dtype=dtype, rngs=nnx.Rngs(0)))
+    weights = checkpoint.SafetensorsCheckpoint(directory)
+    checkpoint.fill(weights, model, retrieval_slots(model), what="the BLIP-2 retrieval model", mesh=mesh)
     return model

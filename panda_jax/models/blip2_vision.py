@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from panda_jax.models import checkpoint
 from panda_jax.models.checkpoint import Slot
@@ -28,6 +29,8 @@ from panda_jax.models.layers import activation, fused_self_attention, layer_norm
 from panda_jax.models.sharding import logical
 
 MODEL_TYPES = ("blip_2_vision_model", "instructblip_vision_model", "instructblipvideo_vision_model")
+ARCHITECTURES = ("Blip2VisionModel", "InstructBlipVisionModel", "InstructBlipVideoVisionModel")
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -196,16 +199,16 @@ def vision_slots(model: VisionEncoder, prefix: str) -> dict[str, Slot]:
     return slots
 
 
-def load(directory: str | os.PathLike, dtype: Any = jnp.float32) -> VisionEncoder:
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> VisionEncoder:
     """A vision encoder saved on its own (`Blip2VisionModel.save_pretrained`, or InstructBLIP's).
 
     Composite checkpoints (BLIP-2, InstructBLIP) load theirs through `vision_slots` with the
     "vision_model." prefix. Raises CheckpointError for another architecture (before reading
-    any weight) or tensors that do not fit.
+    any weight) or tensors that do not fit. With a `mesh`, each parameter is placed on it as
+    it is read.
     """
-    config = VisionConfig.from_hf(checkpoint.read_config(directory, MODEL_TYPES))
+    config = VisionConfig.from_hf(checkpoint.read_config(directory, MODEL_TYPES, ARCHITECTURES))
     model = checkpoint.abstract(lambda: VisionEncoder(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    checkpoint.fill(
-        checkpoint.SafetensorsCheckpoint(directory), model, vision_slots(model, ""), what="the BLIP-2 vision encoder"
-    )
+    weights = checkpoint.SafetensorsCheckpoint(directory)
+    checkpoint.fill(weights, model, vision_slots(model, ""), what="the BLIP-2 vision encoder", mesh=mesh)
     return model

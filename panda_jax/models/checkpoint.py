@@ -5,37 +5,56 @@ several shards listed by `model.safetensors.index.json`. Every model file builds
 from the config, abstractly (`nnx.eval_shape`, no random init), and names, for each of its
 parameters, the Hugging Face tensor that fills it and how to convert it (`Slot`); `fill` then
 reads each tensor once, checks the whole mapping first and refuses a checkpoint that does not
-fit, naming every missing, unexpected and misshaped tensor.
+fit, naming every missing, unexpected and misshaped tensor. Given a device mesh, `fill` puts
+each tensor straight into its place on the mesh as it is read, so a model too large for one
+device loads without ever being whole on one.
 
 Only safetensors are read: they hold nothing but arrays, so an untrusted checkpoint cannot run
-code. `read_config` checks the architecture before any weight is opened.
+code. `read_config` checks the model type and architecture before any weight is opened.
+Weights that come from elsewhere (TransNetV2's and LPIPS' PyTorch files) are converted once
+into such a directory (`save`), so that every model loads the same way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from panda_jax.models import CheckpointError
+from panda_jax.models.sharding import variable_sharding
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# Buffers older transformers versions saved beside the weights; never parameters, always accepted.
+POSITION_IDS = r"(.+\.)?position_ids"
 
 
-def read_config(directory: str | os.PathLike, model_types: Iterable[str]) -> dict[str, Any]:
-    """`config.json` of a checkpoint whose `model_type` is one of `model_types`.
+def read_config(
+    directory: str | os.PathLike, model_types: Iterable[str] | None = None, architectures: Iterable[str] = ()
+) -> dict[str, Any]:
+    """`config.json` of a checkpoint directory, checked against what the caller reads.
 
-    Raises CheckpointError for a missing directory or config, or another architecture.
+    Its `model_type` must be one of `model_types` (None: any), and its `architectures`, when it
+    names some, must include one of `architectures` (empty: any): model types alone do not
+    tell BLIP-2's captioning and retrieval checkpoints apart. Raises CheckpointError for a
+    missing directory or config, or another architecture, naming what was found and what
+    this loader reads, before any weight is opened.
     """
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
@@ -44,27 +63,57 @@ def read_config(directory: str | os.PathLike, model_types: Iterable[str]) -> dic
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"cannot read {path}: {error}") from error
-    model_types = tuple(model_types)
-    found = config.get("model_type")
-    if found not in model_types:
+    found_type, found_architectures = config.get("model_type"), config.get("architectures") or []
+    architectures = tuple(architectures)
+    model_types = None if model_types is None else tuple(model_types)
+    if (model_types is not None and found_type not in model_types) or (
+        architectures and found_architectures and not set(found_architectures) & set(architectures)
+    ):
+        reads = " or ".join(map(repr, model_types)) if model_types else "any model type"
         raise CheckpointError(
-            f"{directory} holds a {found!r} checkpoint ({config.get('architectures')}); "
-            f"this loader reads {' or '.join(repr(t) for t in model_types)}"
+            f"{directory} holds a {found_type!r} checkpoint ({', '.join(found_architectures) or 'no architectures'}); "
+            f"this loader reads {reads} ({', '.join(architectures) or 'any architecture'})"
         )
     return config
 
 
-class StateDict:
-    """Tensors already in memory (a converted PyTorch state dict), named by the file they came from."""
+def save(directory: str | os.PathLike, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> Path:
+    """Writes a checkpoint directory (`config.json`, `model.safetensors`) for weights converted from elsewhere.
 
-    def __init__(self, tensors: Mapping[str, np.ndarray], name: str | os.PathLike):
-        self.tensors, self.name = tensors, str(name)
+    Written beside `directory` and renamed into place, so a concurrent reader or writer never
+    sees half of one; if another writer got there first, theirs is kept.
+    """
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(tmp / WEIGHTS_NAME))
+    try:
+        tmp.rename(directory)
+    except OSError:
+        shutil.rmtree(tmp)
+        if not (directory / WEIGHTS_NAME).is_file():
+            raise
+    return directory
 
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(array.shape) for name, array in self.tensors.items()}
 
-    def read(self, names: Iterable[str]) -> Iterable[tuple[str, np.ndarray]]:
-        return ((name, self.tensors[name]) for name in names)
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch state dict (`.pth`) or a safetensors file, for converting into a checkpoint directory.
+
+    The only place torch is needed (for `.pth`); `weights_only=True` refuses anything but tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    import torch  # a development dependency, only for converting
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors")
+    return {name: tensor.detach().cpu().numpy() for name, tensor in state.items()}
 
 
 class SafetensorsCheckpoint:
@@ -154,22 +203,39 @@ def embedding_slots(prefix: str, embed: nnx.Embed) -> dict[str, Slot]:
     return {f"{prefix}.weight": Slot(embed.embedding, tuple(embed.embedding.shape))}
 
 
+def under(prefix: str, *patterns: str) -> tuple[str, ...]:
+    """Ignore rules (regular expressions over tensor names) for a model whose tensors are named after `prefix`.
+
+    Every model file states its rules as `<model>_ignore(model, prefix) -> under(prefix, ...)`,
+    the shape of its `<model>_slots(model, prefix)`, so a composite model adds its parts' rules
+    under their prefixes.
+    """
+    return tuple(re.escape(prefix) + pattern for pattern in patterns)
+
+
 def fill(
-    checkpoint: SafetensorsCheckpoint | StateDict,
+    checkpoint: SafetensorsCheckpoint,
     model: nnx.Module,
     slots: Mapping[str, Slot],
     *,
-    ignore: Callable[[str], bool] = lambda name: False,
+    ignore: Iterable[str] = (),
     what: str = "the model",
     dtype: Any = jnp.float32,
+    mesh: Mesh | None = None,
 ) -> None:
     """Reads every slot's tensor into its variable of `model`, after checking the checkpoint fits.
 
-    `model` is the module (or part of one) the slots fill; every parameter of it must have a
-    slot. Tensors for which `ignore(name)` holds (buffers such as position ids, heads not used
-    here) may be present or not. Raises CheckpointError naming every missing, unexpected and
-    misshaped tensor before any weight is read.
+    `model` is the module the slots fill; every parameter of it must have a slot. Tensors
+    whose whole name matches a regular expression of `ignore` (heads not used here, copies of
+    tied tensors), or `POSITION_IDS`, may be present or not. Raises CheckpointError naming
+    every missing, unexpected and misshaped tensor before any weight is read.
+
+    Without a mesh, values go to the default device. With one, each goes from host memory
+    straight into its `NamedSharding` (`sharding.variable_sharding`, from the variable's
+    logical axes), so no device ever holds more than its share of the model; the host holds
+    one tensor at a time (the pieces of one fused variable, at most).
     """
+    accepted = re.compile("|".join(f"(?:{pattern})" for pattern in (POSITION_IDS, *ignore)))
     targets = {id(slot.variable) for slot in slots.values()}
     unfilled = [
         ".".join(map(str, path))
@@ -181,7 +247,7 @@ def fill(
     shapes = checkpoint.shapes()
     problems = []
     missing = sorted(set(slots) - set(shapes))
-    unexpected = sorted(name for name in set(shapes) - set(slots) if not ignore(name))
+    unexpected = sorted(name for name in set(shapes) - set(slots) if not accepted.fullmatch(name))
     if missing:
         problems.append(f"missing tensors: {', '.join(missing)}")
     if unexpected:
@@ -192,23 +258,28 @@ def fill(
     if problems:
         raise CheckpointError(f"{checkpoint.name} does not fit {what}: " + "; ".join(problems))
 
-    parts: dict[int, tuple[Slot, dict[int, np.ndarray]]] = {}
+    num_parts = Counter(id(slot.variable) for slot in slots.values() if slot.part is not None)
+    parts: dict[int, dict[int, np.ndarray]] = {}  # fused variables' pieces read so far, placed once all are
     for name, array in checkpoint.read(slots):
         slot = slots[name]
         value = slot.convert(np.asarray(array, np.float32))
         if slot.part is None:
-            _set(slot.variable, value, dtype, name)
-        else:
-            parts.setdefault(id(slot.variable), (slot, {}))[1][slot.part] = value
-    for slot, pieces in parts.values():
-        _set(slot.variable, np.concatenate([pieces[i] for i in sorted(pieces)], axis=slot.axis), dtype, "parts")
+            _place(slot.variable, value, name, dtype, mesh)
+            continue
+        pieces = parts.setdefault(id(slot.variable), {})
+        pieces[slot.part] = value
+        if len(pieces) == num_parts[id(slot.variable)]:
+            del parts[id(slot.variable)]
+            fused = np.concatenate([pieces[i] for i in sorted(pieces)], axis=slot.axis)
+            _place(slot.variable, fused, name, dtype, mesh)
 
 
-def _set(variable: nnx.Variable, value: np.ndarray, dtype: Any, name: str) -> None:
+def _place(variable: nnx.Variable, value: np.ndarray, name: str, dtype: Any, mesh: Mesh | None) -> None:
     expected = tuple(variable.shape)
     if value.shape != expected:  # a loader bug, not a bad checkpoint
         raise CheckpointError(f"{name} converts to shape {value.shape}, but the variable is {expected}")
-    variable.set_value(jnp.asarray(value, dtype))
+    value = np.asarray(value, dtype)
+    variable.set_value(jnp.asarray(value) if mesh is None else jax.device_put(value, variable_sharding(variable, mesh)))
 
 
 def abstract(build: Callable[[], nnx.Module]) -> nnx.Module:

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
@@ -41,6 +42,7 @@ from panda_jax.models.layers import ACTIVATIONS, embedding, fused_self_attention
 from panda_jax.models.sharding import logical
 
 MODEL_TYPES = ("clip",)
+ARCHITECTURES = ("CLIPModel",)
 
 # The normalisation CLIPImageProcessor applies (OpenAI's training statistics), RGB.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -430,19 +432,15 @@ def clip_slots(model: CLIPModel, prefix: str = "") -> dict[str, Slot]:
     }
 
 
-def _is_position_ids_buffer(name: str) -> bool:
-    """`embeddings.position_ids`: a buffer older transformers versions saved; recomputed here."""
-    return name.endswith("embeddings.position_ids")
-
-
-def load(directory: str | os.PathLike, dtype: Any = jnp.float32) -> CLIPModel:
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> CLIPModel:
     """A CLIPModel from a Hugging Face checkpoint directory; computes in `dtype`, params float32.
 
     Raises CheckpointError for another architecture (before reading any weight) and for
-    missing, unexpected or misshaped tensors (naming them).
+    missing, unexpected or misshaped tensors (naming them). With a `mesh`, each parameter is
+    placed on it as it is read (`checkpoint.fill`).
     """
-    config = CLIPConfig.from_hf(checkpoint.read_config(directory, MODEL_TYPES))
+    config = CLIPConfig.from_hf(checkpoint.read_config(directory, MODEL_TYPES, ARCHITECTURES))
     weights = checkpoint.SafetensorsCheckpoint(directory)
     model = checkpoint.abstract(lambda: CLIPModel(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    checkpoint.fill(weights, model, clip_slots(model), ignore=_is_position_ids_buffer, what="CLIPModel")
+    checkpoint.fill(weights, model, clip_slots(model), what="CLIPModel", mesh=mesh)
     return model

@@ -103,6 +103,23 @@ def causal_mask(valid: jax.Array, query_slots: jax.Array) -> jax.Array:
 
 
 @dataclass(frozen=True)
+class GenerationConfig:
+    """How captions are decoded: `generate`'s settings, passed as one value (`generate(model, ..., **asdict(config))`).
+
+    Defaults are for captioning: 3 beams, as Panda-70M's student captioner decodes, and up to 30
+    new tokens (LAVIS's BLIP-2 default); otherwise transformers' defaults. None: the model config's.
+    """
+
+    max_new_tokens: int = 30
+    num_beams: int = 3
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+
+
+@dataclass(frozen=True)
 class _Settings:
     """Everything static about one decoding: the compiled loop depends on these and on shapes."""
 

@@ -23,6 +23,7 @@ videos [batch, frames, 3, H, W].
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +33,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from panda_jax.models import CheckpointError, checkpoint, generation
 from panda_jax.models.blip2 import check_placeholders, fill_placeholders
 from panda_jax.models.blip2_vision import VisionConfig, VisionEncoder, vision_slots
 from panda_jax.models.layers import linear
 from panda_jax.models.llama import LlamaConfig, LlamaForCausalLM, llama_ignore, llama_slots
-from panda_jax.models.qformer import QFormer, QFormerConfig, QueryTokens, is_position_ids_buffer, qformer_slots, query_token_slots
+from panda_jax.models.qformer import QFormer, QFormerConfig, QueryTokens, qformer_slots, query_token_slots
 
 MODEL_TYPES = ("instructblip", "instructblipvideo")
+ARCHITECTURES = ("InstructBlipForConditionalGeneration", "InstructBlipVideoForConditionalGeneration")
 # model_type → (its Q-Former's model_type, the config key of the placeholder token id)
 _LAYOUT = {
     "instructblip": ("instructblip_qformer", "image_token_index"),
@@ -168,15 +171,11 @@ class InstructBlip(nnx.Module):
         input_ids: jax.Array | np.ndarray | None = None,
         attention_mask: jax.Array | np.ndarray | None = None,
         *,
-        max_new_tokens: int,
-        num_beams: int = 1,
-        eos_token_id: int | tuple[int, ...] | None = None,
-        pad_token_id: int | None = None,
-        length_penalty: float = 1.0,
-        early_stopping: bool | str = False,
+        generation_config: generation.GenerationConfig | None = None,
     ) -> np.ndarray:
         """New token ids [batch, <= max_new_tokens], as transformers' `generate(do_sample=False)` picks them.
 
+        Decoded as `generation_config` says (default: `GenerationConfig()`, 3-beam captioning).
         transformers returns `input_ids` followed by the new tokens; this returns the new tokens
         only. Without `input_ids` the prompt is the placeholders and the BOS token, as in
         transformers. EOS and pad ids default to the language model's config.
@@ -194,12 +193,7 @@ class InstructBlip(nnx.Module):
             self.language_model,
             inputs_embeds=embeds,
             attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            length_penalty=length_penalty,
-            early_stopping=early_stopping,
+            **dataclasses.asdict(generation_config or generation.GenerationConfig()),
         )
 
     def _check_prompt(self, pixel_values_shape: tuple[int, ...], input_ids: Any) -> None:
@@ -228,16 +222,20 @@ def load_tokenizers(directory: str | os.PathLike) -> tuple[Any, Any]:
     return checkpoint.load_tokenizer(directory), checkpoint.load_tokenizer(Path(directory) / "qformer_tokenizer")
 
 
-def load(directory: str | os.PathLike, dtype: Any = jnp.float32) -> InstructBlip:
-    """An InstructBLIP or InstructBLIP-Video checkpoint directory with a LLaMA language model, as a Flax model."""
-    config = InstructBlipConfig.from_hf(checkpoint.read_config(directory, MODEL_TYPES))
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> InstructBlip:
+    """An InstructBLIP or InstructBLIP-Video checkpoint directory with a LLaMA language model, as a Flax model.
+
+    `dtype` is the computation dtype; parameters stay float32. With a `mesh`, each parameter
+    is placed on it as it is read (`checkpoint.fill`).
+    """
+    config = InstructBlipConfig.from_hf(checkpoint.read_config(directory, MODEL_TYPES, ARCHITECTURES))
     model = checkpoint.abstract(lambda: InstructBlip(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    language_model_ignore = llama_ignore(model.language_model, "language_model.")
     checkpoint.fill(
         checkpoint.SafetensorsCheckpoint(directory),
         model,
         instructblip_slots(model),
-        ignore=lambda name: is_position_ids_buffer(name) or language_model_ignore(name),
+        ignore=llama_ignore(model.language_model, "language_model."),
         what="InstructBLIP-Video" if config.video else "InstructBLIP",
+        mesh=mesh,
     )
     return model

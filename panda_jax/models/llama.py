@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
@@ -38,6 +38,7 @@ from panda_jax.models.generation import KVCache, causal_mask, init_kv_cache, wri
 from panda_jax.models.layers import ACTIVATIONS, activation, embedding, linear, rms_norm
 
 MODEL_TYPES = ("llama",)
+ARCHITECTURES = ("LlamaForCausalLM",)
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -65,12 +66,14 @@ class LlamaConfig:
     pad_token_id: int | None = None
 
     @classmethod
-    def from_hf(cls, config: dict[str, Any]) -> LlamaConfig:
+    def from_hf(cls, config: dict[str, Any], tensor_names: set[str] | None = None, prefix: str = "") -> LlamaConfig:
         """The fields of a LlamaConfig `config.json`, with transformers' defaults for absent ones.
 
         RoPE parameters are read from `rope_parameters` (transformers 5) or from the older
         top-level `rope_theta` / `rope_scaling`; RoPE types other than default, linear and
-        llama3 are refused.
+        llama3 are refused. `tensor_names` and `prefix` give the signature every language
+        model's config shares (`blip2.LANGUAGE_MODELS`); LLaMA's head is tied by the config
+        alone (a tied checkpoint's `lm_head.weight` copy is ignored, see `llama_ignore`).
         """
         act = config.get("hidden_act", "silu")
         if act not in ACTIVATIONS:
@@ -304,21 +307,20 @@ def llama_slots(model: LlamaForCausalLM, prefix: str = "") -> dict[str, Slot]:
     return slots
 
 
-def llama_ignore(model: LlamaForCausalLM, prefix: str = "") -> Callable[[str], bool]:
+def llama_ignore(model: LlamaForCausalLM, prefix: str = "") -> tuple[str, ...]:
     """Tensors a LLaMA checkpoint may hold that the model does not read: RoPE buffers, a tied `lm_head` copy."""
-
-    def ignore(name: str) -> bool:
-        if model.lm_head is None and name == f"{prefix}lm_head.weight":
-            return True
-        return name.startswith(f"{prefix}model.") and name.endswith("rotary_emb.inv_freq")
-
-    return ignore
+    tied_head = (r"lm_head\.weight",) if model.lm_head is None else ()
+    return checkpoint.under(prefix, r"model\..*rotary_emb\.inv_freq", *tied_head)
 
 
-def load(directory: str | os.PathLike, dtype: Any = jnp.float32) -> LlamaForCausalLM:
-    """A LlamaForCausalLM checkpoint directory (config.json + safetensors, single or sharded) as a Flax model."""
-    config = LlamaConfig.from_hf(checkpoint.read_config(directory, MODEL_TYPES))
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> LlamaForCausalLM:
+    """A LlamaForCausalLM checkpoint directory (config.json + safetensors, single or sharded) as a Flax model.
+
+    `dtype` is the computation dtype; parameters stay float32. With a `mesh`, each parameter
+    is placed on it as it is read (`checkpoint.fill`).
+    """
+    config = LlamaConfig.from_hf(checkpoint.read_config(directory, MODEL_TYPES, ARCHITECTURES))
     model = checkpoint.abstract(lambda: LlamaForCausalLM(config, dtype=dtype, rngs=nnx.Rngs(0)))
     weights = checkpoint.SafetensorsCheckpoint(directory)
-    checkpoint.fill(weights, model, llama_slots(model), ignore=llama_ignore(model), what="LLaMA")
+    checkpoint.fill(weights, model, llama_slots(model), ignore=llama_ignore(model), what="LLaMA", mesh=mesh)
     return model

@@ -10,33 +10,41 @@ computes what the `lpips` package (0.1.4) does with `net="alex", version="0.1"`:
      the channels with a learned non-negative 1×1 "lin" head per layer;
   5. sum the five layers.
 
-Weights, in big_vision style, come from the two files the `lpips` package itself uses: the
-backbone is a torchvision AlexNet state dict (`features.0.weight`, ...) and the heads are the
-package's `weights/v0.1/alex.pth` (`lin0.model.1.weight`, ...), as safetensors or `.pth`.
+A checkpoint directory (config.json with architectures ["LPIPS"], and model.safetensors)
+holds the weights of the two files the `lpips` package itself uses, under their names there:
+the backbone's torchvision AlexNet `features.*` (`features.0.weight`, ...) and the package's
+heads `weights/v0.1/alex.pth` (`lin0.model.1.weight`, ...). `convert` writes one from those
+files (`.pth` or safetensors).
 
 Pretrained AlexNet weights cannot be had offline (torchvision downloads them), so unless a
 user supplies them, the backbone is random: distances then still rank pairs sensibly (0 for
 identical frames, larger across a cut than within a shot) but their absolute values are NOT
 comparable with LPIPS numbers in papers, Panda-70M's 0.256 included. The heads alone ship in
-the `lpips` wheel on the package registry (`pretrained_heads_path`).
+the `lpips` wheel on the package registry (`pretrained_checkpoint`).
 
-Layout: activations are channels-last, [batch, height, width, channels].
+Layout: activations are channels-last, [batch, height, width, channels]. With a bfloat16
+`dtype` the convolutions run in bfloat16; normalisation and the heads stay float32.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from jax.sharding import Mesh
 
 from panda_jax.data import testmedia
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
+from panda_jax.models.sharding import logical
+
+MODEL_TYPES = ("lpips",)
+ARCHITECTURES = ("LPIPS",)
 
 # The lpips package's ScalingLayer: ImageNet statistics expressed for [-1, 1] inputs.
 SHIFT = (-0.030, -0.088, -0.188)
@@ -56,11 +64,17 @@ HEADS = testmedia.PackageFile(
 class AlexNetFeatures(nnx.Module):
     """AlexNet's convolutional trunk up to conv5's ReLU; returns the five ReLU outputs."""
 
-    def __init__(self, *, rngs: nnx.Rngs):
+    def __init__(self, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
         # (in, out, kernel, stride, padding) of torchvision's features.0/3/6/8/10.
         specs = [(3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1)]
         self.convs = nnx.List(
-            nnx.Conv(i, o, (k, k), strides=s, padding=p, rngs=rngs) for i, o, k, s, p in specs
+            nnx.Conv(
+                i, o, (k, k), strides=s, padding=p, dtype=dtype, param_dtype=jnp.float32,
+                kernel_init=logical(nnx.initializers.lecun_normal(), "patch", "patch", "channels", "embed"),
+                bias_init=logical(nnx.initializers.zeros_init(), "embed"),
+                rngs=rngs,
+            )  # fmt: skip
+            for i, o, k, s, p in specs
         )
 
     def __call__(self, x: jax.Array) -> list[jax.Array]:
@@ -80,18 +94,15 @@ def _unit_channels(x: jax.Array) -> jax.Array:
 class LPIPS(nnx.Module):
     """Images [batch, h, w, 3] in [-1, 1], pairwise → LPIPS distances [batch].
 
-    A fresh module has a random backbone and random non-negative heads; `load`, `load_alexnet`
-    and `load_heads` put real weights in.
+    A fresh module has a random backbone and random non-negative heads; `load` reads real ones.
     """
 
-    def __init__(self, *, rngs: nnx.Rngs):
-        self.backbone = AlexNetFeatures(rngs=rngs)
+    def __init__(self, *, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        self.backbone = AlexNetFeatures(dtype=dtype, rngs=rngs)
         # Non-negative and of the trained heads' scale (mean weight about 0.1), so that a random
         # model gives distances >= 0 of roughly LPIPS' size.
-        self.heads = nnx.List(
-            nnx.Linear(c, 1, use_bias=False, kernel_init=jax.nn.initializers.uniform(0.2), rngs=rngs)
-            for c in CHANNELS
-        )
+        head_init = logical(jax.nn.initializers.uniform(0.2), "embed", None)
+        self.heads = nnx.List(nnx.Linear(c, 1, use_bias=False, kernel_init=head_init, rngs=rngs) for c in CHANNELS)
 
     def features(self, images: jax.Array) -> list[jax.Array]:
         """Unit-normalised AlexNet features of [batch, h, w, 3] images in [-1, 1]."""
@@ -100,7 +111,7 @@ class LPIPS(nnx.Module):
         if min(images.shape[1:3]) < MIN_SIZE:
             raise ValueError(f"images must be at least {MIN_SIZE}×{MIN_SIZE} for AlexNet, got {images.shape[1:3]}")
         x = (images.astype(jnp.float32) - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
-        return [_unit_channels(tap) for tap in self.backbone(x)]
+        return [_unit_channels(tap.astype(jnp.float32)) for tap in self.backbone(x)]
 
     def compare(self, features0: list[jax.Array], features1: list[jax.Array]) -> jax.Array:
         """LPIPS between two batches of `features`, [batch]."""
@@ -162,76 +173,61 @@ def _head_slots(model: LPIPS) -> dict[str, Slot]:
     }
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a state dict from safetensors or, with torch installed, a `.pth` file.
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> LPIPS:
+    """An LPIPS checkpoint directory (`convert`, `pretrained_checkpoint`) as a Flax model.
 
-    `.pth` is read with `weights_only=True`, which refuses anything but tensors.
+    With pretrained ImageNet AlexNet weights this is the `lpips` package's
+    `LPIPS(net="alex", version="0.1")`. Negative head weights are refused: trained heads are
+    clamped at 0, and a negative one could make a distance negative. Raises CheckpointError
+    naming every missing, unexpected or misshaped tensor. With a `mesh`, each parameter is
+    placed on it as it is read.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    import torch  # only for .pth; torch is a development dependency
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a state dict of tensors")
-    return {name: tensor.detach().cpu().float().numpy() for name, tensor in state.items()}
-
-
-def load_alexnet(model: LPIPS, path: str | os.PathLike) -> None:
-    """Puts a torchvision AlexNet state dict into `model`'s backbone, in place.
-
-    Only `features.*` is used; torchvision's `classifier.*` tensors are accepted and ignored,
-    so a whole `alexnet-owt-*.pth` file loads as it is.
-    """
-    checkpoint.fill(
-        checkpoint.StateDict(read_state_dict(path), path),
-        model.backbone,
-        _alexnet_slots(model),
-        ignore=lambda name: name.startswith("classifier."),
-        what="the AlexNet backbone",
-    )
-
-
-def load_heads(model: LPIPS, path: str | os.PathLike) -> None:
-    """Puts the lpips package's linear heads (`weights/v0.1/alex.pth` layout) into `model`, in place.
-
-    Negative weights are refused: trained heads are clamped at 0, and a negative one could
-    make a distance negative.
-    """
-    tensors = read_state_dict(path)
-    slots = _head_slots(model)
-    negative = sorted(n for n in tensors if n in slots and np.min(tensors[n]) < 0)
+    checkpoint.read_config(directory, MODEL_TYPES, ARCHITECTURES)
+    model = checkpoint.abstract(lambda: LPIPS(dtype=dtype, rngs=nnx.Rngs(0)))
+    weights = checkpoint.SafetensorsCheckpoint(directory)
+    heads = _head_slots(model)
+    negative = [name for name, array in weights.read(sorted(heads.keys() & weights.names())) if np.min(array) < 0]
     if negative:
-        raise CheckpointError(f"{path}: LPIPS heads must be non-negative; these are not: {', '.join(negative)}")
-    checkpoint.fill(checkpoint.StateDict(tensors, path), model.heads, slots, what="the LPIPS heads")
-
-
-def load(alexnet_path: str | os.PathLike, heads_path: str | os.PathLike) -> LPIPS:
-    """Builds LPIPS from a torchvision AlexNet state dict and the lpips heads (local files).
-
-    With pretrained ImageNet AlexNet weights and `pretrained_heads_path()` this is the
-    `lpips` package's `LPIPS(net="alex", version="0.1")`. Raises CheckpointError naming every
-    missing, unexpected or misshaped tensor.
-    """
-    model = nnx.eval_shape(lambda: LPIPS(rngs=nnx.Rngs(0)))  # shapes only, no random init
-    load_alexnet(model, alexnet_path)
-    load_heads(model, heads_path)
+        raise CheckpointError(f"{directory}: LPIPS heads must be non-negative; these are not: {', '.join(negative)}")
+    checkpoint.fill(weights, model, _alexnet_slots(model) | heads, what="LPIPS", mesh=mesh)
     return model
 
 
-def pretrained_heads_path(directory: Path | None = None) -> Path:
-    """The lpips v0.1 AlexNet heads as safetensors, from the `lpips` wheel on the registry.
+def _random_alexnet() -> dict[str, np.ndarray]:
+    """The `features.*` tensors (torchvision's layout) of the backbone `LPIPS(rngs=nnx.Rngs(0))` starts with."""
+    backbone = AlexNetFeatures(rngs=nnx.Rngs(0))
+    tensors = {}
+    for index, conv in zip(FEATURE_INDICES, backbone.convs):
+        tensors[f"features.{index}.weight"] = np.asarray(conv.kernel[...]).transpose(3, 2, 0, 1)
+        tensors[f"features.{index}.bias"] = np.asarray(conv.bias[...])
+    return tensors
+
+
+def convert(
+    heads_path: str | os.PathLike, directory: str | os.PathLike, *, alexnet_path: str | os.PathLike | None = None
+) -> Path:
+    """Writes an LPIPS checkpoint directory from the lpips heads and a torchvision AlexNet state dict.
+
+    Both files are `.pth` (read with torch) or safetensors; of the AlexNet only `features.*`
+    is kept. Without one the backbone is random (seed 0, see the module docstring).
+    """
+    if alexnet_path is None:
+        backbone = _random_alexnet()
+    else:
+        backbone = {n: a for n, a in checkpoint.read_state_dict(alexnet_path).items() if n.startswith("features.")}
+    config = {"architectures": list(ARCHITECTURES), "model_type": MODEL_TYPES[0]}
+    return checkpoint.save(directory, config, backbone | checkpoint.read_state_dict(heads_path))
+
+
+def pretrained_checkpoint(directory: Path | None = None) -> Path:
+    """A checkpoint directory with the lpips v0.1 AlexNet heads from the `lpips` wheel on the registry,
+    and a random backbone (pretrained AlexNet weights cannot be had offline).
 
     The `.pth` is fetched once into the testmedia cache (checked by sha256) and converted
     next to it; the conversion needs torch, later calls do not.
     """
     pth = testmedia.fetch_package_file(HEADS, "lpips-v0.1-alex.pth", directory)
-    out = pth.with_suffix(".safetensors")
-    if not out.exists():
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # unique per concurrent writer
-        save_file(read_state_dict(pth), str(tmp))
-        os.replace(tmp, out)
+    out = pth.with_name("lpips-v0.1-alex-random-backbone")
+    if not (out / checkpoint.WEIGHTS_NAME).is_file():
+        convert(pth, out)
     return out

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
@@ -29,6 +30,7 @@ from panda_jax.models.generation import KVCache, causal_mask, init_kv_cache, wri
 from panda_jax.models.layers import ACTIVATIONS, embedding, layer_norm, linear
 
 MODEL_TYPES = ("opt",)
+ARCHITECTURES = ("OPTForCausalLM",)
 POSITION_OFFSET = 2  # OPT's position embedding table starts 2 rows in (fairseq's padding rows)
 @dataclass(frozen=True)
 class OPTConfig:
@@ -257,14 +259,15 @@ def opt_slots(model: OPTForCausalLM, prefix: str = "") -> dict[str, Slot]:
     return slots
 
 
-def load(directory: str | os.PathLike, dtype: Any = jnp.float32) -> OPTForCausalLM:
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> OPTForCausalLM:
     """An OPTForCausalLM checkpoint directory (config.json + safetensors, single or sharded) as a Flax model.
 
-    `dtype` is the computation dtype; parameters stay float32.
+    `dtype` is the computation dtype; parameters stay float32. With a `mesh`, each parameter
+    is placed on it as it is read (`checkpoint.fill`).
     """
-    hf_config = checkpoint.read_config(directory, MODEL_TYPES)
+    hf_config = checkpoint.read_config(directory, MODEL_TYPES, ARCHITECTURES)
     weights = checkpoint.SafetensorsCheckpoint(directory)
     config = OPTConfig.from_hf(hf_config, weights.names())
     model = checkpoint.abstract(lambda: OPTForCausalLM(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    checkpoint.fill(weights, model, opt_slots(model), what="OPT")
+    checkpoint.fill(weights, model, opt_slots(model), what="OPT", mesh=mesh)
     return model

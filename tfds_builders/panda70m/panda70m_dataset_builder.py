@@ -17,8 +17,8 @@ Until the caption teachers exist, captions come from the synthetic ground truth 
 from `captions.jsonl` / `selection.jsonl` records in the manual dir (`local`) or from the
 official CSV (`official`, whose clips are cut already and are not split again); the feature
 `caption_source` says which. Split quality (`max_running_lpips`) is computed when the config
-names LPIPS weights (`lpips_alexnet`, `lpips_heads`), else taken from the split records or left
-at -1. Under Beam, one video is one unit of parallel work.
+names an LPIPS checkpoint directory (`lpips_checkpoint`), else taken from the split records or
+left at -1. Under Beam, one video is one unit of parallel work.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from panda_jax.data.sources import (
 )
 from panda_jax.data.subtitles import overlapping_text
 from panda_jax.records import Clip, Failure, Problem, Video, read_records
-from panda_jax.models import lpips
+from panda_jax.models import checkpoint, lpips
 from panda_jax.video import io, metrics
 from panda_jax.video.sampling import uniform_indices
 
@@ -65,10 +65,10 @@ class Panda70mConfig(tfds.core.BuilderConfig):
     sample_duration: float = 10.0
     sample_seed: int = 0
     sample_include_city: bool = True  # adds the real CC0 clip cityCC0.mpg (Kivy examples)
-    # Split quality: with both files (a torchvision AlexNet state dict and the lpips v0.1 heads,
-    # .safetensors or .pth), every clip gets its Max Running LPIPS; otherwise it stays -1.
-    lpips_alexnet: str = ""
-    lpips_heads: str = ""
+    # Split quality: with an LPIPS checkpoint directory (`panda_jax.models.lpips.convert` writes one
+    # from a torchvision AlexNet state dict and the lpips v0.1 heads), every clip gets its Max
+    # Running LPIPS; otherwise it stays -1.
+    lpips_checkpoint: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,7 @@ class BuildSettings:
     detector: str
     preset: str
     captions: ClipCaptions = dataclasses.field(default_factory=ClipCaptions)
-    lpips_weights: tuple[str, str] | None = None  # (AlexNet, heads) paths
+    lpips_checkpoint: str | None = None  # an LPIPS checkpoint directory
 
 
 def sample_indices(start_frame: int, end_frame: int, num_frames: int) -> list[int]:
@@ -159,16 +159,16 @@ def _frame_span(clip: dict[str, Any], fps: float) -> tuple[int, int]:
 
 
 @functools.cache
-def _lpips_model(alexnet: str, heads: str) -> lpips.LPIPS:
+def _lpips_model(directory: str) -> lpips.LPIPS:
     """Loaded once per process (each Beam worker loads its own)."""
-    return lpips.load(alexnet, heads)
+    return lpips.load(directory)
 
 
 def _split_quality(job: VideoJob, clips: list[dict[str, Any]], settings: BuildSettings) -> list[float]:
     """Max Running LPIPS of each clip; UNKNOWN where not computed."""
-    if settings.lpips_weights is None:
+    if settings.lpips_checkpoint is None:
         return [UNKNOWN] * len(clips)
-    model = _lpips_model(*settings.lpips_weights)
+    model = _lpips_model(settings.lpips_checkpoint)
     # Official clips are files of their own: their times in the file are file_start / file_end.
     spans = [(c.get("file_start", c["start"]), c.get("file_end", c["end"])) for c in clips]
     scores = metrics.max_running_lpips(job.path, spans, model).scores
@@ -229,18 +229,12 @@ MANUAL_DIR_CONFIGS = {
 }
 
 
-def _lpips_weights(config: Panda70mConfig) -> tuple[str, str] | None:
-    if bool(config.lpips_alexnet) != bool(config.lpips_heads):
-        raise ValueError(
-            f"config {config.name!r}: split quality needs both lpips_alexnet and lpips_heads "
-            f"(got {config.lpips_alexnet!r} and {config.lpips_heads!r}); set both or neither"
-        )
-    if not config.lpips_alexnet:
+def _lpips_checkpoint(config: Panda70mConfig) -> str | None:
+    if not config.lpips_checkpoint:
         return None
-    for path in (config.lpips_alexnet, config.lpips_heads):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config {config.name!r}: LPIPS weights {path} not found")
-    return (config.lpips_alexnet, config.lpips_heads)
+    if not (Path(config.lpips_checkpoint) / checkpoint.CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"config {config.name!r}: {config.lpips_checkpoint} is no LPIPS checkpoint directory")
+    return config.lpips_checkpoint
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -313,7 +307,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             raise ValueError(f"config {config.name!r} has unknown source {config.source!r}; use sample, local or official")
         settings = BuildSettings(
             work_dir=str(work_dir), num_frames=config.num_frames, image_size=config.image_size,
-            detector=config.detector, preset=config.preset, captions=captions, lpips_weights=_lpips_weights(config),
+            detector=config.detector, preset=config.preset, captions=captions,
+            lpips_checkpoint=_lpips_checkpoint(config),
         )
         log.info("panda70m/%s: %d videos, stage records in %s", config.name, len(jobs), work_dir)
         return {"train": self._generate_examples(jobs, settings)}
