@@ -166,3 +166,29 @@ def usage(doc: str, flag_values: flags.FlagValues, config: ml_collections.Config
     if config:
         lines += ["", "config fields (set any with --config.FIELD=VALUE):", textwrap.indent(config.to_json_best_effort(indent=2), "  ")]
     return "\n".join(lines)
+
+
+def define_distributed(flag_values: flags.FlagValues) -> None:
+    """The flags of one process of a multi-host run (`start_distributed` acts on them)."""
+    flags.DEFINE_bool("distributed", False, "one process of a multi-host run: joins it (jax.distributed.initialize) and "
+                      "processes this process's share of the shards; process 0 writes the merged records",
+                      flag_values=flag_values)  # fmt: skip
+    flags.DEFINE_string("coordinator_address", None, "with --distributed: host:port of process 0 (default: found "
+                        "by JAX on TPU pods, SLURM, Kubernetes and the like)", flag_values=flag_values)  # fmt: skip
+    flags.DEFINE_integer("num_processes", None, "with --distributed: how many processes (default: found by JAX)",
+                         lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "with --distributed: this process's index (default: found by JAX)",
+                         lower_bound=0, flag_values=flag_values)
+
+
+def start_distributed(flag_values: flags.FlagValues) -> None:
+    """Joins the multi-host run when --distributed was given."""
+    if flag_values["distributed"].value:
+        import jax
+
+        jax.distributed.initialize(
+            coordinator_address=flag_values["coordinator_address"].value,
+            num_processes=flag_values["num_processes"].value,
+            process_id=flag_values["process_id"].value,
+        )
+

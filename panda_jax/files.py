@@ -3,8 +3,9 @@
 Every file a stage writes (record shards, merged records, clip videos) goes through
 `atomic_output`: it is written to a temporary file beside its target and renamed into place
 only when complete, so a killed run leaves the old file or the new one, never half of one.
-Temporary names are unique per host, process and call, so two runs writing into one folder
-never share one; `remove_orphans` deletes what killed processes of this host left behind.
+Whole folders (checkpoints) go through `atomic_directory` the same way. Temporary names are
+unique per host, process and call, so two runs writing into one folder never share one;
+`remove_orphans` deletes what killed processes of this host left behind.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +26,9 @@ def _current_umask() -> int:
     return mask
 
 
-_FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file
+_UMASK = _current_umask()
+_FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file
+_FOLDER_MODE = 0o777 & ~_UMASK  # what mkdir() would give a new folder
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
 # .<name>.<host>-<pid>.<random>.tmp<suffix>
 _TEMPORARY = re.compile(r"^\..*\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.[^.]+\.tmp(\.[^.]*)?$")
@@ -67,8 +71,34 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary folder beside `path`; it becomes `path` when the block ends without error.
+
+    A reader never sees half a folder. If a folder appeared at `path` meanwhile (another writer
+    got there first), that one is kept and this one removed. On an exception the temporary
+    folder is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.{_HOST}-{os.getpid()}."
+    temporary = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    os.chmod(temporary, _FOLDER_MODE)  # mkdtemp makes folders private (0700)
+    try:
+        os.rename(temporary, path)  # fails if `path` is a folder with something in it
+    except OSError:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if not path.is_dir():
+            raise
+
+
 def remove_orphans(folder: str | os.PathLike) -> int:
-    """Deletes temporary files in `folder` left by processes of this host that no longer run."""
+    """Deletes temporary files and folders in `folder` left by processes of this host that no longer run."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
@@ -76,7 +106,10 @@ def remove_orphans(folder: str | os.PathLike) -> int:
     for path in folder.iterdir():
         match = _TEMPORARY.match(path.name)
         if match and match["host"] == _HOST and not _process_alive(int(match["pid"])):
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed += 1
     return removed
 

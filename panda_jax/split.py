@@ -197,9 +197,7 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
                       flag_values=flag_values)
     flags.DEFINE_integer("workers", None, "worker processes (config field `workers`)", lower_bound=1,
                          flag_values=flag_values)
-    flags.DEFINE_bool("distributed", False, "one process of a multi-host run: calls jax.distributed.initialize() and "
-                      "splits this process's share of the videos (process 0 writes the merged records)",
-                      flag_values=flag_values)
+    cli.define_distributed(flag_values)
 
 
 SHORTHANDS = {"out": "out", "detector": "detector", "preset": "preset", "stitch": "stitch.enabled", "cut": "cut",
@@ -228,10 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage = SplitStage(config)
     except ValueError as e:
         fail(str(e))
-    if flag_values["distributed"].value:
-        import jax
-
-        jax.distributed.initialize()
+    cli.start_distributed(flag_values)
 
     out = Path(config.out)
     began = time.perf_counter()

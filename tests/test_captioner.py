@@ -9,13 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hf_reference import randomized
+from hf_reference import randomized, save_reference
 from panda_jax.models import CheckpointError, captioner, inference
 from panda_jax.models.generation import GenerationConfig
 from test_blip2 import NUM_QUERIES, QFORMER, TEXT, VISION  # tests/ is on sys.path under pytest
 from test_instructblip import QUERIES, build_reference
 from test_llama import train_llama_tokenizer, with_config
+from test_opt import tiny_config as opt_config
 from test_opt import train_opt_tokenizer
+from test_t5 import tiny_config as t5_config
 from test_t5 import train_t5_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -63,7 +65,7 @@ class Family:
 
     def processed(self, frames: np.ndarray, prompts: list[str], **padding) -> dict[str, np.ndarray]:
         """What transformers' processor makes of these clips and prompts."""
-        images = list(frames) if self.captioner.video else list(frames[:, 0])
+        images = list(frames) if self.captioner.frames is None else list(frames[:, 0])
         return dict(self.processor(images=images, text=prompts, return_tensors="np", **padding))
 
     def max_length(self, inputs: dict[str, np.ndarray]) -> int:
@@ -121,8 +123,9 @@ def family(request, tmp_path_factory) -> Family:
 
 
 def test_captioner_chooses_the_family_from_the_checkpoint(family):
-    expected = captioner.InstructBlipCaptioner if family.captioner.video else captioner.Blip2Captioner
+    expected = captioner.InstructBlipCaptioner if family.placeholders > NUM_QUERIES else captioner.Blip2Captioner
     assert type(family.captioner) is expected
+    assert family.captioner.frames == (None if expected is captioner.InstructBlipCaptioner else 1)  # video: any T
 
 
 @pytest.mark.parametrize("family", ["blip2_opt"], indirect=True)
@@ -139,7 +142,7 @@ def test_captioner_inputs_are_transformers_processors_padded_to_a_bucket(family)
     theirs = family.processed(family.frames, PROMPTS, padding="max_length", max_length=family.max_length(ours))
     assert ours.keys() == theirs.keys()
     np.testing.assert_allclose(ours.pop("pixel_values"), theirs.pop("pixel_values"), atol=1e-6)
-    if family.captioner.video:  # the Q-Former's instruction is padded to `max_length` itself
+    if family.captioner.frames is None:  # the Q-Former's instruction is padded to `max_length` itself
         qformer_length = ours["qformer_input_ids"].shape[1]
         qformer = family.processed(family.frames, PROMPTS, padding="max_length", max_length=qformer_length)
         theirs |= {name: qformer[name] for name in ("qformer_input_ids", "qformer_attention_mask")}
@@ -170,6 +173,7 @@ def test_captioner_batch_gives_the_strings_of_the_model_on_each_clip_alone(famil
         (np.zeros((1, 1, 40, 40, 3), np.float32), ["a"], "must be uint8"),
         (np.zeros((1, 40, 40, 3), np.uint8), ["a"], r"\[batch, frames, height, width, 3\]"),
         (np.zeros((2, 1, 40, 40, 3), np.uint8), ["a"], "2 clips but 1 prompts"),
+        (None, ["a"], "reads frames: give uint8"),
     ],
 )
 def test_captioner_refuses_frames_it_cannot_caption(family, frames, prompts, message):
@@ -177,10 +181,10 @@ def test_captioner_refuses_frames_it_cannot_caption(family, frames, prompts, mes
         family.captioner.caption(frames, prompts)
 
 
-class Echo(captioner.Captioner):
+class Echo(captioner.VisualCaptioner):
     """A captioner whose "model" returns each prompt's one token: what `caption` does around the model."""
 
-    video = False
+    frames = 1
 
     def _prompt_inputs(self, pixel_values, prompts):
         return {"input_ids": np.array([[int(p)] for p in prompts])}
@@ -205,6 +209,41 @@ def test_captioner_cuts_batches_into_chunks_padded_to_buckets():
     calls.clear()
     echo.caption(frames[:3], ["0", "1", "2"])
     assert calls == [((4, 3, 8, 8), [0, 1, 2, 2])]  # the last clip repeated
+
+
+@pytest.fixture(scope="module", params=["opt", "t5"])
+def language_model(request, tmp_path_factory) -> tuple[captioner.Captioner, Any, Any]:
+    """(our captioner, transformers' model, tokenizer) for a random OPT or T5 saved by transformers."""
+    directory = tmp_path_factory.mktemp(request.param)
+    if request.param == "opt":
+        tokenizer = train_opt_tokenizer()
+        reference = save_reference(transformers.OPTForCausalLM, directory, opt_config(len(tokenizer)))
+    else:
+        tokenizer = train_t5_tokenizer()
+        reference = randomized(save_reference(transformers.T5ForConditionalGeneration, directory, t5_config()))
+        reference.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return captioner.load_captioner(directory), reference, tokenizer
+
+
+def test_language_model_captioner_gives_transformers_strings(language_model):
+    """OPT (prompts padded on the left) and T5 (on the right) on the prompts alone, no frame, against
+    transformers' `generate` on its tokenizer's batch, decoded the same way."""
+    import torch
+
+    ours, reference, tokenizer = language_model
+    assert type(ours) is captioner.LanguageModelCaptioner and ours.frames == 0
+    captions = ours.caption(None, PROMPTS, SETTINGS)
+    batch = tokenizer(PROMPTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        tokens = reference.generate(
+            **batch, do_sample=False, num_beams=SETTINGS.num_beams, max_new_tokens=SETTINGS.max_new_tokens
+        )
+    new = tokens if reference.config.is_encoder_decoder else tokens[:, batch["input_ids"].shape[1] :]
+    assert captions == [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    assert len(set(captions)) > 1
+    frames = np.zeros((len(PROMPTS), 2, 8, 8, 3), np.uint8)  # given frames are not read
+    assert ours.caption(frames, PROMPTS, SETTINGS) == captions
 
 
 def test_bucket_rounds_up_to_powers_of_two_then_multiples_of_the_largest():

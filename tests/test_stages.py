@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from panda_jax import stages
-from panda_jax.files import atomic_output, remove_orphans
+from panda_jax.files import atomic_directory, atomic_output, remove_orphans
 from panda_jax.records import Caption, Failure, Problem, read_jsonl
 
 
@@ -164,3 +164,24 @@ def test_outputs_get_the_umask_unique_temporaries_and_orphans_go(tmp_path):
     live.write_text("being written by this process")
     assert remove_orphans(tmp_path) == 1
     assert live.exists() and not dead.exists()
+
+
+def test_atomic_directory_keeps_the_first_folder_whole_and_orphans_go(tmp_path):
+    target = tmp_path / "checkpoint"
+    with atomic_directory(target) as first, atomic_directory(target) as second:
+        (first / "weights").write_text("1")
+        (second / "weights").write_text("2")
+        assert not target.exists()
+    assert (target / "weights").read_text() == "2"  # the first to finish is kept
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "failed") as folder:
+        (folder / "weights").write_text("half")
+        raise RuntimeError
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint"]
+
+    dead = tmp_path / first.name.replace(f"-{os.getpid()}.", "-999999999.")
+    (dead / "sub").mkdir(parents=True)
+    assert remove_orphans(tmp_path) == 1
+    assert not dead.exists() and target.exists()

@@ -17,7 +17,11 @@ prompt through its own BERT tokenizer, padded on the right. InstructBlipVideoPro
 placeholders for 4 frames whatever the video holds; here there are as many as the model reads
 (`num_query_tokens` per frame given). Captions are decoded without special tokens and stripped.
 
-Image models (BLIP-2, InstructBLIP) caption one frame per clip; InstructBLIP-Video reads all T.
+`Captioner.frames` says how many frames of a clip a model reads: 1 for the image models (BLIP-2,
+InstructBLIP), None (any number) for InstructBLIP-Video, which reads all T, and 0 for a language
+model alone (OPT, LLaMA or T5, `LanguageModelCaptioner`), which reads only the prompt: its
+`caption` takes `frames=None`. Its prompts are tokenized as transformers' tokenizer does (OPT's
+and LLaMA's BOS, T5's EOS) and padded on the left for OPT and LLaMA, on the right for T5.
 Batches are cut into chunks of at most `max_batch_size` clips, and chunks and prompts padded
 to a few fixed sizes (`inference.bucket`), so a stream of calls compiles a bounded number of
 times.
@@ -39,9 +43,9 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image
 
-from panda_jax.models import blip2, checkpoint, instructblip, load
+from panda_jax.models import blip2, checkpoint, instructblip, llama, load, opt, sharding, t5
 from panda_jax.models.clip import IMAGE_MEAN, IMAGE_STD
-from panda_jax.models.generation import GenerationConfig
+from panda_jax.models.generation import GenerationConfig, generate
 from panda_jax.models.inference import bucket, pad_rows, pad_tokens
 
 # Where transformers saves an image or video processor's settings: 5.x nests them under these keys of
@@ -116,64 +120,52 @@ class Captioner(abc.ABC):
     """Clips and prompts → captions, for one model family (see the module docstring)."""
 
     def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        image_processor: ImageProcessor,
-        *,
-        max_batch_size: int = 8,
-        max_prompt_length: int = 64,
+        self, model: Any, tokenizer: Any, *, max_batch_size: int = 8, max_prompt_length: int = 64, mesh: Mesh | None = None
     ):
-        """`max_batch_size`: clips per `generate` call; `max_prompt_length`: the largest prompt bucket (tokens)."""
-        self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
-        self.max_batch_size, self.max_prompt_length = max_batch_size, max_prompt_length
+        """`max_batch_size`: clips per `generate` call; `max_prompt_length`: the largest prompt bucket (tokens);
+        `mesh`: batches are split over its 'data' axis (padded to a multiple of its size)."""
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size, self.max_prompt_length, self.mesh = max_batch_size, max_prompt_length, mesh
 
     @property
     @abc.abstractmethod
-    def video(self) -> bool:
-        """Whether the model reads every frame of a clip, rather than one."""
+    def frames(self) -> int | None:
+        """How many frames of a clip the model reads: 0 (the prompt alone), 1 (one image), None (any number)."""
 
     @abc.abstractmethod
-    def _prompt_inputs(self, pixel_values: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
-        """The model's `generate` arguments other than the pixel values, for these prompts."""
+    def inputs(self, frames: np.ndarray | None, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The model's `generate` arguments for these clips (uint8 [B, T, H, W, 3], RGB) and prompts."""
 
-    def inputs(self, frames: np.ndarray, prompts: Sequence[str]) -> dict[str, np.ndarray]:
-        """The model's `generate` arguments for these clips (uint8 [B, T, H, W, 3], RGB) and prompts.
-
-        What transformers' processor makes with `padding="max_length"` to the prompts' bucket (and,
-        for InstructBLIP-Video, placeholders for the frames given rather than for 4).
-        """
-        frames, prompts = np.asarray(frames), list(prompts)
-        if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
-            shape = f"{frames.dtype} {frames.shape}"
-            raise ValueError(f"frames must be uint8 [batch, frames, height, width, 3], not {shape}")
-        if len(prompts) != len(frames):
-            raise ValueError(f"{len(frames)} clips but {len(prompts)} prompts")
-        if not self.video and frames.shape[1] != 1:
-            raise ValueError(
-                f"{type(self.model).__name__} captions one image per clip, got {frames.shape[1]} frames: "
-                "pick one frame of each clip (frames[:, i : i + 1])"
-            )
-        pixel_values = self.image_processor(frames if self.video else frames[:, 0])
-        return {"pixel_values": pixel_values, **self._prompt_inputs(pixel_values, prompts)}
+    def _generate(self, inputs: dict[str, np.ndarray], generation: GenerationConfig | None) -> np.ndarray:
+        """New token ids [B, n] for `inputs` (padded to a bucket of rows)."""
+        return self.model.generate(**inputs, generation_config=generation)
 
     def caption(
-        self, frames: np.ndarray, prompts: Sequence[str], generation: GenerationConfig | None = None
+        self, frames: np.ndarray | None, prompts: Sequence[str], generation: GenerationConfig | None = None
     ) -> list[str]:
         """One caption per clip of `frames` (uint8 [B, T, H, W, 3], RGB) and its prompt.
 
-        Image models take T == 1. Decoded as `generation` says (default: `GenerationConfig()`).
+        T as `self.frames` says; None only for a captioner that reads no frame. Decoded as
+        `generation` says (default: `GenerationConfig()`).
         """
-        if len(prompts) != len(frames):
+        prompts = list(prompts)
+        if frames is None and self.frames != 0:
+            raise ValueError(f"{type(self.model).__name__} reads frames: give uint8 [batch, frames, height, width, 3]")
+        if frames is not None and len(frames) != len(prompts):
             raise ValueError(f"{len(frames)} clips but {len(prompts)} prompts")
         captions = []
-        for start in range(0, len(frames), self.max_batch_size):
+        for start in range(0, len(prompts), self.max_batch_size):
             chunk = slice(start, start + self.max_batch_size)
-            inputs = self.inputs(frames[chunk], prompts[chunk])
-            clips = len(inputs["pixel_values"])
-            padded = {name: pad_rows(value, bucket(clips, self.max_batch_size)) for name, value in inputs.items()}
-            tokens = self.model.generate(**padded, generation_config=generation)
-            texts = self.tokenizer.batch_decode(tokens[:clips], skip_special_tokens=True)
+            inputs = self.inputs(None if frames is None else frames[chunk], prompts[chunk])
+            rows = len(prompts[chunk])
+            padded_rows = bucket(rows, self.max_batch_size)
+            if self.mesh is not None:
+                data = self.mesh.shape["data"]
+                padded_rows = -(-padded_rows // data) * data
+            padded = {name: pad_rows(value, padded_rows) for name, value in inputs.items()}
+            if self.mesh is not None:
+                padded = sharding.shard_batch(padded, self.mesh)
+            texts = self.tokenizer.batch_decode(self._generate(padded, generation)[:rows], skip_special_tokens=True)
             captions += [text.strip() for text in texts]
         return captions
 
@@ -190,10 +182,39 @@ class Captioner(abc.ABC):
         }
 
 
-class Blip2Captioner(Captioner):
+class VisualCaptioner(Captioner):
+    """A captioner that reads frames: pixels through the checkpoint's image processor, placeholders in the prompt."""
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: ImageProcessor, **options: Any):
+        super().__init__(model, tokenizer, **options)
+        self.image_processor = image_processor
+
+    @abc.abstractmethod
+    def _prompt_inputs(self, pixel_values: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
+        """The model's `generate` arguments other than the pixel values, for these prompts."""
+
+    def inputs(self, frames: np.ndarray | None, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """What transformers' processor makes with `padding="max_length"` to the prompts' bucket (and,
+        for InstructBLIP-Video, placeholders for the frames given rather than for 4)."""
+        frames, prompts = np.asarray(frames), list(prompts)
+        if frames.dtype != np.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+            shape = f"{frames.dtype} {frames.shape}"
+            raise ValueError(f"frames must be uint8 [batch, frames, height, width, 3], not {shape}")
+        if len(prompts) != len(frames):
+            raise ValueError(f"{len(frames)} clips but {len(prompts)} prompts")
+        if self.frames == 1 and frames.shape[1] != 1:
+            raise ValueError(
+                f"{type(self.model).__name__} captions one image per clip, got {frames.shape[1]} frames: "
+                "pick one frame of each clip (frames[:, i : i + 1])"
+            )
+        pixel_values = self.image_processor(frames[:, 0] if self.frames == 1 else frames)
+        return {"pixel_values": pixel_values, **self._prompt_inputs(pixel_values, prompts)}
+
+
+class Blip2Captioner(VisualCaptioner):
     """BLIP-2 with OPT or LLaMA (prompts padded on the left) or Flan-T5 (on the right): one frame per clip."""
 
-    video = False
+    frames = 1
 
     def _prompt_inputs(self, pixel_values: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
         config = self.model.config
@@ -201,18 +222,18 @@ class Blip2Captioner(Captioner):
         return self._language_prompt(prompts, placeholders, "right" if self.model.is_encoder_decoder else "left")
 
 
-class InstructBlipCaptioner(Captioner):
+class InstructBlipCaptioner(VisualCaptioner):
     """InstructBLIP (one frame per clip) or InstructBLIP-Video (every frame); the prompt is also the Q-Former's."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, qformer_tokenizer: Any, image_processor: ImageProcessor, **options: int
+        self, model: Any, tokenizer: Any, qformer_tokenizer: Any, image_processor: ImageProcessor, **options: Any
     ):
         super().__init__(model, tokenizer, image_processor, **options)
         self.qformer_tokenizer = qformer_tokenizer
 
     @property
-    def video(self) -> bool:
-        return self.model.config.video
+    def frames(self) -> int | None:
+        return None if self.model.config.video else 1
 
     def _prompt_inputs(self, pixel_values: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
         config = self.model.config
@@ -230,11 +251,26 @@ class InstructBlipCaptioner(Captioner):
         }
 
 
-CAPTIONING = blip2.ARCHITECTURES + instructblip.ARCHITECTURES
+class LanguageModelCaptioner(Captioner):
+    """OPT or LLaMA (prompts padded on the left) or T5 (on the right) on the prompt alone: no frame."""
+
+    frames = 0
+
+    def inputs(self, frames: np.ndarray | None, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The tokenized prompts, as `generate` takes them; `frames` are not read."""
+        encoder_decoder = hasattr(self.model, "encode")  # `generation`'s test for an encoder-decoder
+        return self._language_prompt(list(prompts), [], "right" if encoder_decoder else "left")
+
+    def _generate(self, inputs: dict[str, np.ndarray], generation: GenerationConfig | None) -> np.ndarray:
+        return generate(self.model, **inputs, **dataclasses.asdict(generation or GenerationConfig()))
+
+
+LANGUAGE_MODELS = opt.ARCHITECTURES + llama.ARCHITECTURES + t5.ARCHITECTURES
+CAPTIONING = blip2.ARCHITECTURES + instructblip.ARCHITECTURES + LANGUAGE_MODELS
 
 
 def load_captioner(
-    directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None, **options: int
+    directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None, **options: Any
 ) -> Captioner:
     """The captioner for a checkpoint folder: its model (`panda_jax.models.load`, by config.json's
     architectures; `dtype`, `mesh` as there), tokenizer(s) and image processor settings.
@@ -243,6 +279,9 @@ def load_captioner(
     """
     checkpoint.read_config(directory, architectures=CAPTIONING)
     model = load(directory, dtype, mesh=mesh)
+    options = {**options, "mesh": mesh}
+    if not isinstance(model, (blip2.Blip2, instructblip.InstructBlip)):
+        return LanguageModelCaptioner(model, checkpoint.load_tokenizer(directory), **options)
     image_processor = ImageProcessor.from_pretrained(directory, model.config.vision.image_size)
     if isinstance(model, instructblip.InstructBlip):
         return InstructBlipCaptioner(model, *instructblip.load_tokenizers(directory), image_processor, **options)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
+from panda_jax.files import atomic_directory
 from panda_jax.models import CheckpointError
 from panda_jax.models.sharding import variable_sharding
 
@@ -80,22 +80,13 @@ def read_config(
 def save(directory: str | os.PathLike, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> Path:
     """Writes a checkpoint directory (`config.json`, `model.safetensors`) for weights converted from elsewhere.
 
-    Written beside `directory` and renamed into place, so a concurrent reader or writer never
-    sees half of one; if another writer got there first, theirs is kept.
+    Written beside `directory` and renamed into place (`files.atomic_directory`), so a concurrent
+    reader or writer never sees half of one; if another writer got there first, theirs is kept.
     """
-    directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-    save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(tmp / WEIGHTS_NAME))
-    try:
-        tmp.rename(directory)
-    except OSError:
-        shutil.rmtree(tmp)
-        if not (directory / WEIGHTS_NAME).is_file():
-            raise
-    return directory
+    with atomic_directory(directory) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(tmp / WEIGHTS_NAME))
+    return Path(directory)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -288,10 +279,18 @@ def abstract(build: Callable[[], nnx.Module]) -> nnx.Module:
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:
-    """The tokenizer saved in the checkpoint directory (transformers' AutoTokenizer, offline)."""
-    from transformers import AutoTokenizer
+    """The tokenizer saved in the checkpoint directory, offline: the transformers class its
+    tokenizer_config.json names, else transformers' AutoTokenizer.
 
+    The named class is imported alone: AutoTokenizer reads transformers' model configurations,
+    which import torch wherever it is installed.
+    """
+    import transformers
+
+    settings = Path(directory) / "tokenizer_config.json"
+    name = json.loads(settings.read_text()).get("tokenizer_class") if settings.is_file() else None
+    named = getattr(transformers, name, None) if name and name.endswith(("Tokenizer", "TokenizerFast")) else None
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        return (named or transformers.AutoTokenizer).from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"no usable tokenizer in {directory}: {error}") from error

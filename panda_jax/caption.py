@@ -1,0 +1,351 @@
+"""Caption every clip with every teacher: `python -m panda_jax.caption`.
+
+    python -m panda_jax.caption --clips split/clips.jsonl --videos corpus/videos.jsonl --out runs/caption
+    python -m panda_jax.caption --clips ... --videos ... --out ... --config=teachers:tiny --teachers image,text
+    python -m panda_jax.caption ... --mesh data=-1,model=2 --distributed      # one process per host
+
+Teachers see different inputs (configs/teachers.py): one frame between 30 % and 70 % of the
+clip, N frames, or only the clip's side text (subtitles shown during it, title, description),
+each with Panda-70M's prompt. Each clip's frames are decoded once, in background threads while
+the models run, and shared by every teacher. Batches are padded to a few fixed shapes, so each
+teacher compiles a bounded number of programs, and split over the 'data' axis of the device mesh
+(the models' parameters over 'model', as `sharding.RULES` place them).
+
+Clips are shards of the shared stage runner (whole videos, about `clips_per_shard` clips each):
+a killed run resumes, a rerun reuses what it made, a changed setting recomputes; a clip whose
+video is missing or cannot be decoded is recorded in `failures.jsonl` and the others go on. On
+many hosts (`--distributed`) each process captions its share of the shards on its own devices.
+Writes OUT/captions.jsonl, OUT/failures.jsonl and OUT/summary.json (clips/s, tokens/s, compiles).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from absl import flags
+
+from panda_jax import cli, stages
+from panda_jax.files import atomic_output
+from panda_jax.records import Caption, Clip, Failure, Problem, RecordError, Video, read_jsonl, read_records
+from panda_jax.teachers import Teacher, frames, from_config, prompts
+from panda_jax.video import io
+
+log = logging.getLogger("panda_jax.caption")
+
+DECODE_THREADS = 4
+DECODE_ERRORS = (io.VideoError, OSError, IndexError, ValueError)
+
+
+def parse_mesh(spec: str) -> dict[str, int]:
+    """`data=-1,model=1` → {"data": -1, "model": 1}."""
+    try:
+        sizes = {name.strip(): int(size) for name, size in (part.split("=") for part in spec.split(","))}
+    except ValueError:
+        raise ValueError(f"mesh {spec!r}: write it as data=N,model=M (N may be -1: the devices left)") from None
+    if set(sizes) != {"data", "model"}:
+        raise ValueError(f"mesh {spec!r}: give exactly the axes data and model")
+    return sizes
+
+
+def read_external(teacher: Teacher, clip_ids: set[str]) -> dict[str, str]:
+    """An external teacher's captions by clip id (lines with `clip_id` and `caption`), refusing a file
+    with a bad line or a clip the clip list lacks."""
+    captions: dict[str, str] = {}
+    try:
+        for record in read_jsonl(teacher.checkpoint):
+            caption = Caption.from_dict({"teacher": teacher.name, **record})
+            captions[caption.clip_id] = caption.caption
+    except (OSError, RecordError) as error:
+        raise ValueError(f"teacher {teacher.name}: cannot use the captions in {teacher.checkpoint}: {error}") from None
+    unknown = sorted(set(captions) - clip_ids)
+    if unknown:
+        raise ValueError(
+            f"teacher {teacher.name}: {teacher.checkpoint} has captions of {len(unknown)} clips not in the clip "
+            f"list: {', '.join(unknown[:5])}"
+        )
+    return captions
+
+
+@dataclasses.dataclass
+class Counters:
+    """What this process computed, for the summary."""
+
+    clips: int = 0
+    captions: int = 0
+    tokens: int = 0
+    compiles: int = 0
+    seconds: float = 0.0
+
+
+class CaptionStage:
+    """The caption stage for panda_jax.stages: one shard per group of whole videos, giving `captions`."""
+
+    name = "caption"
+    version = 1
+    outputs = (Caption.KIND,)
+
+    def __init__(self, config: Any, teachers: Sequence[Teacher], external: dict[str, dict[str, str]]):
+        self.config, self.teachers, self.external = config, list(teachers), external
+        self.budgets = prompts.Budgets(**config.side_text)
+        self.counters = Counters()
+        self._captioners: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_captioners": None}  # a worker loads its own models
+
+    def settings(self) -> dict[str, Any]:
+        return stages.output_settings(self.config)
+
+    def setup(self) -> None:
+        if self._captioners is not None:
+            return
+        import jax
+        import jax.numpy as jnp
+
+        from panda_jax.models import captioner, sharding
+        from panda_jax.teachers import tiny
+
+        def count_compiles(event: str, duration: float, **kwargs: Any) -> None:
+            if event == "/jax/core/compile/backend_compile_duration":
+                self.counters.compiles += 1
+
+        jax.monitoring.register_event_duration_secs_listener(count_compiles)
+        # Local devices only: on many hosts each process captions its own shards.
+        mesh = sharding.make_mesh(**parse_mesh(self.config.mesh), devices=jax.local_devices())
+        self._captioners = {}
+        for teacher in self.teachers:
+            if teacher.family == "external":
+                continue
+            if teacher.tiny:
+                tiny.ensure_tiny_checkpoint(teacher.tiny, teacher.checkpoint)
+            log.info("loading teacher %s from %s", teacher.name, teacher.checkpoint)
+            self._captioners[teacher.name] = captioner.load_captioner(
+                teacher.checkpoint, getattr(jnp, self.config.dtype), mesh=mesh, max_batch_size=self.config.batch_size
+            )
+
+    def process(self, shard: stages.Shard, out_dir: Path) -> stages.ShardResult:
+        began = time.perf_counter()
+        videos = shard.payload["videos"]
+        captions: list[Caption] = []
+        failures: list[Failure] = []
+        pending: list[tuple[dict[str, Any], dict[Any, np.ndarray]]] = []  # (clip, its frames by teacher need)
+        with concurrent.futures.ThreadPoolExecutor(min(DECODE_THREADS, len(videos))) as pool:
+            decoding = [pool.submit(self._decode, video) for video in videos]
+            for video, future in zip(videos, decoding):
+                try:
+                    pending += future.result()
+                except DECODE_ERRORS as error:
+                    failures += [
+                        Failure(stage=self.name, item_id=clip["clip_id"], source=video["path"],
+                                error=f"{type(error).__name__}: {error}")
+                        for clip in video["clips"]
+                    ]  # fmt: skip
+                    continue
+                while len(pending) >= self.config.batch_size:
+                    captions += self._caption(pending[: self.config.batch_size])
+                    pending = pending[self.config.batch_size :]
+            if pending:
+                captions += self._caption(pending)
+        self.counters.seconds += time.perf_counter() - began
+        return stages.ShardResult(records={Caption.KIND: captions}, failures=failures)
+
+    def _needs(self) -> tuple[bool, set[int]]:
+        """Whether some teacher sees one frame, and the frame counts of the video teachers."""
+        models = [t for t in self.teachers if t.family != "external"]
+        return any(t.frames == 1 for t in models), {t.frames for t in models if t.frames > 1}
+
+    def _decode(self, video: dict[str, Any]) -> list[tuple[dict[str, Any], dict[Any, np.ndarray]]]:
+        """Every clip of a video with the frames its teachers see, from one decoding pass."""
+        one_frame, counts = self._needs()
+        if not one_frame and not counts:  # side-text teachers only: still, a clip needs a readable video
+            io.probe(video["path"])
+            return [(clip, {}) for clip in video["clips"]]
+        wanted: list[tuple[int, Any, list[int]]] = []  # (clip number, need, frame indices)
+        fps = None
+        for number, clip in enumerate(video["clips"]):
+            start, end = clip["start_frame"], clip["end_frame"]
+            if start is None:  # a clip list made elsewhere, in seconds only
+                fps = fps or io.probe(video["path"]).fps
+                start, end = round(clip["start"] * fps), max(round(clip["end"] * fps), round(clip["start"] * fps) + 1)
+            if one_frame:
+                wanted.append((number, 1, [frames.image_frame(clip["clip_id"], start, end)]))
+            wanted += [(number, count, frames.video_frames(start, end, count)) for count in sorted(counts)]
+        indices = sorted({i for _, _, clip_indices in wanted for i in clip_indices})
+        size = self.config.decode_size
+        decoded = dict(zip(indices, io.read_frames(video["path"], indices, size=(size, size))))
+        clip_frames: list[dict[Any, np.ndarray]] = [{} for _ in video["clips"]]
+        for number, need, clip_indices in wanted:
+            clip_frames[number][need] = np.stack([decoded[i] for i in clip_indices])
+        return list(zip(video["clips"], clip_frames))
+
+    def _caption(self, batch: list[tuple[dict[str, Any], dict[Any, np.ndarray]]]) -> list[Caption]:
+        """Every teacher's caption of every clip of `batch`."""
+        clips = [clip for clip, _ in batch]
+        records = []
+        for teacher in self.teachers:
+            if teacher.family == "external":
+                known = self.external[teacher.name]
+                texts = [known.get(c["clip_id"]) for c in clips]
+                versions = ["external"] * len(clips)
+            else:
+                model = self._captioners[teacher.name]
+                built = [self._prompt(teacher, model, clip) for clip in clips]
+                pixels = None if teacher.frames == 0 else np.stack([clip_frames[teacher.frames] for _, clip_frames in batch])
+                texts = model.caption(pixels, [prompt for prompt, _ in built], teacher.generation)
+                versions = [version for _, version in built]
+                self.counters.tokens += sum(len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+            records += [
+                Caption(clip_id=clip["clip_id"], teacher=teacher.name, caption=text, prompt_version=version)
+                for clip, text, version in zip(clips, texts, versions)
+                if text is not None
+            ]
+        self.counters.clips += len(clips)
+        self.counters.captions += len(records)
+        return records
+
+    def _prompt(self, teacher: Teacher, model: Any, clip: dict[str, Any]) -> tuple[str, str]:
+        side_text = prompts.SideText(**clip["side_text"]) if teacher.side_text else None
+        count = lambda text: len(model.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        return prompts.build_prompt(side_text, self.budgets, count)
+
+
+def clip_shards(
+    clips: Sequence[Clip], videos: Sequence[Video], clips_per_shard: int, extra_sources: Sequence[str] = ()
+) -> tuple[list[stages.Shard], list[Problem]]:
+    """Shards of whole videos, about `clips_per_shard` clips each, in video-id order; clips of a video the
+    video list lacks become problems. Each clip carries its side text, so a changed subtitle re-captions it."""
+    by_video: dict[str, list[Clip]] = collections.defaultdict(list)
+    for clip in clips:
+        by_video[clip.video_id].append(clip)
+    known = {video.video_id: video for video in videos}
+    problems = [
+        Problem(source="clips", item_id=clip.clip_id, error=f"its video {clip.video_id} is not in the video list")
+        for video_id in sorted(set(by_video) - set(known)) for clip in by_video[video_id]
+    ]  # fmt: skip
+    shards, group = [], []
+
+    def close() -> None:
+        paths = tuple(entry["path"] for entry in group)
+        shards.append(stages.Shard(key=group[0]["video_id"], payload={"videos": list(group)},
+                                   sources=paths + tuple(extra_sources)))  # fmt: skip
+        group.clear()
+
+    for video_id in sorted(set(by_video) & set(known)):
+        video = known[video_id]
+        entry = {
+            "video_id": video_id,
+            "path": str(Path(video.path).absolute()),
+            "clips": [
+                {
+                    "clip_id": c.clip_id, "start": c.start, "end": c.end, "start_frame": c.start_frame,
+                    "end_frame": c.end_frame,
+                    "side_text": dataclasses.asdict(
+                        prompts.clip_side_text(video.title, video.description, video.subtitles, c.start, c.end)
+                    ),
+                }
+                for c in sorted(by_video[video_id], key=lambda c: c.clip_id)
+            ],
+        }  # fmt: skip
+        group.append(entry)
+        if sum(len(e["clips"]) for e in group) >= clips_per_shard:
+            close()
+    if group:
+        close()
+    return shards, problems
+
+
+def _define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("clips", None, "the `clips` records to caption (split's clips.jsonl)", flag_values=flag_values)
+    flags.DEFINE_string("videos", None, "the `videos` records the clips come from (paths, title, description, "
+                        "subtitles)", flag_values=flag_values)  # fmt: skip
+    flags.DEFINE_string("out", None, "output folder (config field `out`)", flag_values=flag_values)
+    flags.DEFINE_string("teachers", None, "comma-separated teachers to run (config field `teacher_names`; "
+                        "default: all of the config)", flag_values=flag_values)  # fmt: skip
+    flags.DEFINE_integer("batch_size", None, "clips per generate call (config field `batch_size`)", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_string("mesh", None, "device mesh, e.g. data=-1,model=2 (config field `mesh`)", flag_values=flag_values)
+    cli.define_distributed(flag_values)
+
+
+SHORTHANDS = {"out": "out", "teachers": "teacher_names", "batch_size": "batch_size", "mesh": "mesh"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    command = cli.parse(argv, program="python -m panda_jax.caption", doc=__doc__, default_config="teachers",
+                        define=_define_flags, shorthands=SHORTHANDS)  # fmt: skip
+    config, flag_values, fail = command.config, command.flags, command.fail
+    if not config.out:
+        fail("give the output folder: --out DIR")
+    if not flag_values["clips"].value or not flag_values["videos"].value:
+        fail("give the clips and their videos: --clips clips.jsonl --videos videos.jsonl")
+    problems: list[Problem] = []
+    try:
+        clips = list(read_records(Path(flag_values["clips"].value), Clip, problems))
+        videos_jsonl = Path(flag_values["videos"].value)
+        videos = [dataclasses.replace(v, path=str(videos_jsonl.parent / v.path))
+                  for v in read_records(videos_jsonl, Video, problems)]  # fmt: skip
+        parse_mesh(config.mesh)
+        teachers = from_config(config, config.teacher_names)
+    except (OSError, ValueError) as error:
+        fail(str(error))
+    clip_ids = {clip.clip_id for clip in clips}
+    external, sources = {}, []
+    for teacher in teachers:
+        if teacher.family == "student":
+            fail(f"teacher {teacher.name}: the student captioner is made by `python -m panda_jax.train`, "
+                 "which is not in this version yet")  # fmt: skip
+        if teacher.family == "external":
+            try:
+                external[teacher.name] = read_external(teacher, clip_ids)
+            except ValueError as error:
+                fail(str(error))
+            sources.append(str(teacher.checkpoint))
+        elif not teacher.tiny and not teacher.checkpoint.is_dir():
+            stands_for = f" ({teacher.stands_for})" if teacher.stands_for else ""
+            fail(f"teacher {teacher.name}{stands_for}: no checkpoint folder {teacher.checkpoint}; put its files there "
+                 "or set --config.weights_dir (README: the teachers)")  # fmt: skip
+    cli.start_distributed(flag_values)
+
+    shards, missing = clip_shards(clips, videos, config.clips_per_shard, sources)
+    problems += missing
+    stage = CaptionStage(config, teachers, external)
+    out = Path(config.out)
+    began = time.perf_counter()
+    summary = stages.run(stage, shards, out, 1, problems)
+    counters = stage.counters
+    seconds = time.perf_counter() - began
+    report = {
+        "teachers": [t.name for t in teachers], "shards": summary.shards, "reused": summary.reused,
+        "failed_shards": summary.failed, "clips_captioned": counters.clips, "captions": counters.captions,
+        "generated_tokens": counters.tokens, "compiles": counters.compiles, "seconds": round(seconds, 3),
+        "clips_per_second": round(counters.clips / counters.seconds, 3) if counters.seconds else None,
+        "tokens_per_second": round(counters.tokens / counters.seconds, 3) if counters.seconds else None,
+        "merged": summary.merged,
+    }  # fmt: skip
+    if summary.merged:  # process 0 of a multi-host run, or the only process
+        with atomic_output(out / "summary.json") as temporary:
+            temporary.write_text(json.dumps(report, indent=2) + "\n")
+    failed = summary.failed + len(problems)
+    print(
+        f"captioned {counters.clips} clips with {len(teachers)} teachers in {seconds:.1f} s "
+        f"({report['clips_per_second']} clips/s, {report['tokens_per_second']} tokens/s, {counters.compiles} compiles); "
+        f"{summary.reused} of {summary.shards} shards already done"
+        + (f"; {out / 'captions.jsonl'} holds {summary.merged.get(Caption.KIND, 0)} captions" if summary.merged else "")
+    )
+    if failed:
+        print(f"some clips failed: see {out / 'failures.jsonl'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
