@@ -112,7 +112,7 @@ class CaptionStage:
         import jax
         import jax.numpy as jnp
 
-        from panda_jax.models import captioner, sharding
+        from panda_jax.models import CheckpointError, captioner, sharding
         from panda_jax.teachers import tiny
 
         def count_compiles(event: str, duration: float, **kwargs: Any) -> None:
@@ -129,9 +129,12 @@ class CaptionStage:
             if teacher.tiny:
                 tiny.ensure_tiny_checkpoint(teacher.tiny, teacher.checkpoint)
             log.info("loading teacher %s from %s", teacher.name, teacher.checkpoint)
-            self._captioners[teacher.name] = captioner.load_captioner(
-                teacher.checkpoint, getattr(jnp, self.config.dtype), mesh=mesh, max_batch_size=self.config.batch_size
-            )
+            try:
+                self._captioners[teacher.name] = captioner.load_captioner(
+                    teacher.checkpoint, getattr(jnp, self.config.dtype), mesh=mesh, max_batch_size=self.config.batch_size
+                )
+            except (CheckpointError, OSError) as error:
+                raise stages.StageSetupError(f"teacher {teacher.name}: {error}") from None
 
     def process(self, shard: stages.Shard, out_dir: Path) -> stages.ShardResult:
         began = time.perf_counter()
@@ -321,7 +324,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage = CaptionStage(config, teachers, external)
     out = Path(config.out)
     began = time.perf_counter()
-    summary = stages.run(stage, shards, out, 1, problems)
+    try:
+        summary = stages.run(stage, shards, out, 1, problems)
+    except stages.StageSetupError as error:
+        print(f"python -m panda_jax.caption: error: {error}", file=sys.stderr)
+        return 2
     counters = stage.counters
     seconds = time.perf_counter() - began
     report = {

@@ -106,7 +106,12 @@ def test_blip2_opt_llama_and_t5_logits_match_transformers(reference, ours):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam3"])
+@pytest.mark.parametrize(
+    "reference, num_beams",
+    [("opt", 1), ("opt", 3), ("llama", 1), ("t5", 1), ("t5", 3)],
+    ids=["opt-greedy", "opt-beam3", "llama-greedy", "t5-greedy", "t5-beam3"],
+    indirect=["reference"],
+)
 def test_blip2_generates_the_ids_transformers_generates(reference, ours, num_beams):
     with torch.no_grad():
         expected = reference.model.generate(

@@ -45,10 +45,10 @@ def weights(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny_teachers")
 
 
-def arguments(inputs, weights, out, *extra) -> list[str]:
+def arguments(inputs, weights, out, *extra, config: str = "teachers:tiny") -> list[str]:
     folder = inputs[0]
     return ["--clips", str(folder / "clips.jsonl"), "--videos", str(folder / "videos.jsonl"), "--out", str(out),
-            "--config=teachers:tiny", f"--config.weights_dir={weights}", "--batch_size", "4",
+            f"--config={config}", f"--config.weights_dir={weights}", "--batch_size", "4",
             "--config.clips_per_shard=3", *extra]  # fmt: skip
 
 
@@ -151,10 +151,8 @@ def test_an_external_teacher_is_checked_against_the_clip_list(inputs, weights, t
             f"    config.teachers = dict(vllm=teachers.teacher('external', {str(external)!r}, 0, False))\n"
             "    return config\n"
         )
-        argv = arguments(inputs, weights, tmp_path / "out")
-        argv[argv.index("--config=teachers:tiny")] = f"--config={config}"
         try:
-            return caption.main(argv)
+            return caption.main(arguments(inputs, weights, tmp_path / "out", config=str(config)))
         except SystemExit as stop:
             return stop.code
 
@@ -165,3 +163,18 @@ def test_an_external_teacher_is_checked_against_the_clip_list(inputs, weights, t
     assert run_with([{"clip_id": c.clip_id, "caption": f"caption {i}"} for i, c in enumerate(clips)]) == 1  # broken videos
     found = {c.clip_id: c.caption for c in read_records(tmp_path / "out" / "captions.jsonl", Caption)}
     assert found == {c.clip_id: f"caption {i}" for i, c in enumerate(clips)}
+
+
+def test_a_missing_or_wrong_checkpoint_stops_naming_the_folder(inputs, weights, tmp_path, capsys):
+    def run() -> int:
+        try:
+            return caption.main(arguments(inputs, tmp_path, tmp_path / "out", "--teachers", "minigpt4", config="teachers:panda70m"))
+        except SystemExit as stop:
+            return stop.code
+
+    assert run() == 2
+    assert f"teacher minigpt4 (MiniGPT-4): no checkpoint folder {tmp_path / 'instructblip-vicuna-7b'}" in capsys.readouterr().err
+    (tmp_path / "instructblip-vicuna-7b").mkdir()
+    (tmp_path / "instructblip-vicuna-7b" / "config.json").write_text('{"model_type": "clip", "architectures": ["CLIPModel"]}')
+    assert run() == 2
+    assert "teacher minigpt4: " in capsys.readouterr().err

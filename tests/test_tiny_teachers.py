@@ -25,9 +25,11 @@ def written(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, tiny.write_tiny_checkpoint(request.param, tmp_path_factory.mktemp(request.param) / "teacher")
 
 
-def test_every_kind_captions_clips_in_vocabulary_words(written):
-    """Image kinds caption one frame per clip, the video kind 4, text kinds the prompt alone; every caption is
-    `max_new_tokens` words of the tokenizers' word list, whatever the prompt (empty, or out of vocabulary)."""
+# The other kinds caption through the caption stage with the `tiny` teachers (tests/test_caption.py).
+@pytest.mark.parametrize("written", ["t5"], indirect=True)
+def test_a_kind_captions_clips_in_vocabulary_words(written):
+    """Every caption is `max_new_tokens` words of the tokenizers' word list, whatever the prompt (empty, or
+    out of vocabulary)."""
     kind, directory = written
     model = captioner.load_captioner(directory)
     assert model.frames == FRAMES[kind]
