@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 # Debian packages the pipeline shells out to: ffmpeg for clip cutting, Java for METEOR/SPICE.
 SYSTEM_PACKAGES := ffmpeg:ffmpeg java:default-jre-headless
-PYTEST_ARGS ?= -n 2 --durations=10
+# loadfile: a test file's module fixtures (reference models, a caption run) are made once, on one worker.
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=10
 
 .PHONY: setup system-deps demo test bench clean
 

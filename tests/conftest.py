@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pytest
+# JAX's persistent compilation cache, shared by the test workers and the commands tests start: a
+# program compiled once (a tiny teacher's decoding loop, say) is not compiled again by a subprocess.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"panda_jax_test_jax_cache_{getpass.getuser()}")
+)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from panda_jax.data import testmedia
 from panda_jax.video.writer import VideoWriter

@@ -143,7 +143,7 @@ def check_blip2_opt(directory: Path) -> None:
 
     def outputs(*batch):
         logits = nnx.jit(lambda m, p, i, a: m(p, i, a))(model, *batch)
-        return logits, model.generate(*batch, generation_config=GenerationConfig(max_new_tokens=5, num_beams=2))
+        return logits, model.generate(*batch, generation_config=GenerationConfig(max_new_tokens=4, num_beams=2))
 
     single = outputs(pixel_values, prompt, mask)
     mesh = sharding.make_mesh(**MESH)

@@ -72,12 +72,13 @@ def test_unknown_kind_is_refused(tmp_path):
 
 
 def test_writing_and_loading_never_imports_torch(tmp_path):
-    """Every tokenizer class (OPT's, LLaMA's and BERT's, T5's) and model family, in a fresh interpreter."""
+    """In a fresh interpreter: tokenizers are loaded by their own classes, never through AutoTokenizer (which
+    imports torch whenever it is installed)."""
     script = f"""
 import sys
 from panda_jax.models import captioner
 from panda_jax.teachers import tiny
-for kind in ("blip2_opt", "instructblip", "t5"):
+for kind in ("instructblip",):  # LLaMA's tokenizer, the Q-Former's BERT one, an image processor
     captioner.load_captioner(tiny.write_tiny_checkpoint(kind, {str(tmp_path)!r} + "/" + kind))
 print("torch" in sys.modules)
 """
