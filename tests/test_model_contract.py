@@ -266,6 +266,9 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(case, saved, tmp_pat
     assert f"tensor {misshaped} has shape ({shape[0] + 1}," in message
 
 
+# TransNetV2 splits videos in float32 on every device; its bfloat16 path is left out here (17 s of compiling).
+@pytest.mark.parametrize("case", [c for c in CASES if c.architecture != "TransNetV2"], ids=lambda c: c.architecture,
+                         indirect=True)
 def test_bf16_compute_keeps_float32_parameters_and_stays_close(case, saved, loaded):
     half = module_of(case.architecture).load(saved, jnp.bfloat16)
     assert all(param.dtype == jnp.float32 for param in jax.tree.leaves(nnx.state(half, nnx.Param)))

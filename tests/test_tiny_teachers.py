@@ -87,6 +87,8 @@ print("torch" in sys.modules)
 
 
 @pytest.mark.parity
+# instructblip shares instructblip_video's tensors, and opt is blip2_opt's language model.
+@pytest.mark.parametrize("written", ["blip2_opt", "instructblip_video", "t5"], indirect=True)
 def test_transformers_reads_every_tensor(written):
     """transformers' model class loads the folder with nothing missing, unexpected or misshaped; for the text
     kinds its `generate` makes the captions ours make."""
