@@ -97,6 +97,10 @@ class CaptionStage:
     def __init__(self, config: Any, teachers: Sequence[Teacher], external: dict[str, dict[str, str]]):
         self.config, self.teachers, self.external = config, list(teachers), external
         self.budgets = prompts.Budgets(**config.side_text)
+        models = [t for t in self.teachers if t.family != "external"]
+        # What a clip's frames must hold: one frame (image teachers), and N frames per video teacher's N.
+        self.one_frame = any(t.frames == 1 for t in models)
+        self.frame_counts = sorted({t.frames for t in models if t.frames > 1})
         self.counters = Counters()
         self._captioners: dict[str, Any] | None = None
 
@@ -162,15 +166,9 @@ class CaptionStage:
         self.counters.seconds += time.perf_counter() - began
         return stages.ShardResult(records={Caption.KIND: captions}, failures=failures)
 
-    def _needs(self) -> tuple[bool, set[int]]:
-        """Whether some teacher sees one frame, and the frame counts of the video teachers."""
-        models = [t for t in self.teachers if t.family != "external"]
-        return any(t.frames == 1 for t in models), {t.frames for t in models if t.frames > 1}
-
     def _decode(self, video: dict[str, Any]) -> list[tuple[dict[str, Any], dict[Any, np.ndarray]]]:
         """Every clip of a video with the frames its teachers see, from one decoding pass."""
-        one_frame, counts = self._needs()
-        if not one_frame and not counts:  # side-text teachers only: still, a clip needs a readable video
+        if not self.one_frame and not self.frame_counts:  # side-text teachers only: still, a clip needs a readable video
             io.probe(video["path"])
             return [(clip, {}) for clip in video["clips"]]
         wanted: list[tuple[int, Any, list[int]]] = []  # (clip number, need, frame indices)
@@ -180,9 +178,9 @@ class CaptionStage:
             if start is None:  # a clip list made elsewhere, in seconds only
                 fps = fps or io.probe(video["path"]).fps
                 start, end = round(clip["start"] * fps), max(round(clip["end"] * fps), round(clip["start"] * fps) + 1)
-            if one_frame:
+            if self.one_frame:
                 wanted.append((number, 1, [frames.image_frame(clip["clip_id"], start, end)]))
-            wanted += [(number, count, frames.video_frames(start, end, count)) for count in sorted(counts)]
+            wanted += [(number, count, frames.video_frames(start, end, count)) for count in self.frame_counts]
         indices = sorted({i for _, _, clip_indices in wanted for i in clip_indices})
         size = self.config.decode_size
         decoded = dict(zip(indices, io.read_frames(video["path"], indices, size=(size, size))))
@@ -235,7 +233,7 @@ def clip_shards(
         Problem(source="clips", item_id=clip.clip_id, error=f"its video {clip.video_id} is not in the video list")
         for video_id in sorted(set(by_video) - set(known)) for clip in by_video[video_id]
     ]  # fmt: skip
-    shards, group = [], []
+    shards, group, grouped_clips = [], [], 0
 
     def close() -> None:
         paths = tuple(entry["path"] for entry in group)
@@ -260,8 +258,10 @@ def clip_shards(
             ],
         }  # fmt: skip
         group.append(entry)
-        if sum(len(e["clips"]) for e in group) >= clips_per_shard:
+        grouped_clips += len(entry["clips"])
+        if grouped_clips >= clips_per_shard:
             close()
+            grouped_clips = 0
     if group:
         close()
     return shards, problems
