@@ -20,8 +20,6 @@ Writes OUT/captions.jsonl, OUT/failures.jsonl and OUT/summary.json (clips/s, tok
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -34,27 +32,13 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from panda_jax import cli, stages
+from panda_jax import cli, clip_stage, stages
 from panda_jax.files import atomic_output
-from panda_jax.records import Caption, Clip, Failure, Problem, RecordError, Video, read_jsonl, read_records
+from panda_jax.models import sharding
+from panda_jax.records import Caption, Clip, Failure, Problem, RecordError, Video, read_jsonl
 from panda_jax.teachers import Teacher, frames, from_config, prompts
-from panda_jax.video import io
 
 log = logging.getLogger("panda_jax.caption")
-
-DECODE_THREADS = 4
-DECODE_ERRORS = (io.VideoError, OSError, IndexError, ValueError)
-
-
-def parse_mesh(spec: str) -> dict[str, int]:
-    """`data=-1,model=1` → {"data": -1, "model": 1}."""
-    try:
-        sizes = {name.strip(): int(size) for name, size in (part.split("=") for part in spec.split(","))}
-    except ValueError:
-        raise ValueError(f"mesh {spec!r}: write it as data=N,model=M (N may be -1: the devices left)") from None
-    if set(sizes) != {"data", "model"}:
-        raise ValueError(f"mesh {spec!r}: give exactly the axes data and model")
-    return sizes
 
 
 def read_external(teacher: Teacher, clip_ids: set[str]) -> dict[str, str]:
@@ -116,7 +100,7 @@ class CaptionStage:
         import jax
         import jax.numpy as jnp
 
-        from panda_jax.models import CheckpointError, captioner, sharding
+        from panda_jax.models import CheckpointError, captioner
         from panda_jax.teachers import tiny
 
         def count_compiles(event: str, duration: float, **kwargs: Any) -> None:
@@ -125,7 +109,7 @@ class CaptionStage:
 
         jax.monitoring.register_event_duration_secs_listener(count_compiles)
         # Local devices only: on many hosts each process captions its own shards.
-        mesh = sharding.make_mesh(**parse_mesh(self.config.mesh), devices=jax.local_devices())
+        mesh = sharding.make_mesh(**sharding.parse_mesh(self.config.mesh), devices=jax.local_devices())
         self._captioners = {}
         for teacher in self.teachers:
             if teacher.family == "external":
@@ -142,54 +126,20 @@ class CaptionStage:
 
     def process(self, shard: stages.Shard, out_dir: Path) -> stages.ShardResult:
         began = time.perf_counter()
-        videos = shard.payload["videos"]
         captions: list[Caption] = []
         failures: list[Failure] = []
-        pending: list[tuple[dict[str, Any], dict[Any, np.ndarray]]] = []  # (clip, its frames by teacher need)
-        with concurrent.futures.ThreadPoolExecutor(min(DECODE_THREADS, len(videos))) as pool:
-            decoding = [pool.submit(self._decode, video) for video in videos]
-            for video, future in zip(videos, decoding):
-                try:
-                    pending += future.result()
-                except DECODE_ERRORS as error:
-                    failures += [
-                        Failure(stage=self.name, item_id=clip["clip_id"], source=video["path"],
-                                error=f"{type(error).__name__}: {error}")
-                        for clip in video["clips"]
-                    ]  # fmt: skip
-                    continue
-                while len(pending) >= self.config.batch_size:
-                    captions += self._caption(pending[: self.config.batch_size])
-                    pending = pending[self.config.batch_size :]
-            if pending:
-                captions += self._caption(pending)
+        size, batch_size = self.config.decode_size, self.config.batch_size
+        for batch in clip_stage.decoded_batches(shard, self._frame_needs, size, batch_size, failures, self.name):
+            captions += self._caption(batch)
         self.counters.seconds += time.perf_counter() - began
         return stages.ShardResult(records={Caption.KIND: captions}, failures=failures)
 
-    def _decode(self, video: dict[str, Any]) -> list[tuple[dict[str, Any], dict[Any, np.ndarray]]]:
-        """Every clip of a video with the frames its teachers see, from one decoding pass."""
-        if not self.one_frame and not self.frame_counts:  # side-text teachers only: still, a clip needs a readable video
-            io.probe(video["path"])
-            return [(clip, {}) for clip in video["clips"]]
-        wanted: list[tuple[int, Any, list[int]]] = []  # (clip number, need, frame indices)
-        fps = None
-        for number, clip in enumerate(video["clips"]):
-            start, end = clip["start_frame"], clip["end_frame"]
-            if start is None:  # a clip list made elsewhere, in seconds only
-                fps = fps or io.probe(video["path"]).fps
-                start, end = round(clip["start"] * fps), max(round(clip["end"] * fps), round(clip["start"] * fps) + 1)
-            if self.one_frame:
-                wanted.append((number, 1, [frames.image_frame(clip["clip_id"], start, end)]))
-            wanted += [(number, count, frames.video_frames(start, end, count)) for count in self.frame_counts]
-        indices = sorted({i for _, _, clip_indices in wanted for i in clip_indices})
-        size = self.config.decode_size
-        decoded = dict(zip(indices, io.read_frames(video["path"], indices, size=(size, size))))
-        clip_frames: list[dict[Any, np.ndarray]] = [{} for _ in video["clips"]]
-        for number, need, clip_indices in wanted:
-            clip_frames[number][need] = np.stack([decoded[i] for i in clip_indices])
-        return list(zip(video["clips"], clip_frames))
+    def _frame_needs(self, clip: dict[str, Any], start: int, end: int) -> dict[int, list[int]]:
+        """The frames a clip's teachers see: one (image teachers), and N for each video teacher's N."""
+        needs = {1: [frames.image_frame(clip["clip_id"], start, end)]} if self.one_frame else {}
+        return needs | {count: frames.video_frames(start, end, count) for count in self.frame_counts}
 
-    def _caption(self, batch: list[tuple[dict[str, Any], dict[Any, np.ndarray]]]) -> list[Caption]:
+    def _caption(self, batch: list[clip_stage.ClipFrames]) -> list[Caption]:
         """Every teacher's caption of every clip of `batch`."""
         clips = [clip for clip, _ in batch]
         records = []
@@ -220,51 +170,10 @@ class CaptionStage:
         return prompts.build_prompt(side_text, self.budgets, count)
 
 
-def clip_shards(
-    clips: Sequence[Clip], videos: Sequence[Video], clips_per_shard: int, extra_sources: Sequence[str] = ()
-) -> tuple[list[stages.Shard], list[Problem]]:
-    """Shards of whole videos, about `clips_per_shard` clips each, in video-id order; clips of a video the
-    video list lacks become problems. Each clip carries its side text, so a changed subtitle re-captions it."""
-    by_video: dict[str, list[Clip]] = collections.defaultdict(list)
-    for clip in clips:
-        by_video[clip.video_id].append(clip)
-    known = {video.video_id: video for video in videos}
-    problems = [
-        Problem(source="clips", item_id=clip.clip_id, error=f"its video {clip.video_id} is not in the video list")
-        for video_id in sorted(set(by_video) - set(known)) for clip in by_video[video_id]
-    ]  # fmt: skip
-    shards, group, grouped_clips = [], [], 0
-
-    def close() -> None:
-        paths = tuple(entry["path"] for entry in group)
-        shards.append(stages.Shard(key=group[0]["video_id"], payload={"videos": list(group)},
-                                   sources=paths + tuple(extra_sources)))  # fmt: skip
-        group.clear()
-
-    for video_id in sorted(set(by_video) & set(known)):
-        video = known[video_id]
-        entry = {
-            "video_id": video_id,
-            "path": str(Path(video.path).absolute()),
-            "clips": [
-                {
-                    "clip_id": c.clip_id, "start": c.start, "end": c.end, "start_frame": c.start_frame,
-                    "end_frame": c.end_frame,
-                    "side_text": dataclasses.asdict(
-                        prompts.clip_side_text(video.title, video.description, video.subtitles, c.start, c.end)
-                    ),
-                }
-                for c in sorted(by_video[video_id], key=lambda c: c.clip_id)
-            ],
-        }  # fmt: skip
-        group.append(entry)
-        grouped_clips += len(entry["clips"])
-        if grouped_clips >= clips_per_shard:
-            close()
-            grouped_clips = 0
-    if group:
-        close()
-    return shards, problems
+def side_text(video: Video, clip: Clip) -> dict[str, Any]:
+    """What a clip carries into its shard: its side text, so a changed subtitle re-captions it."""
+    text = prompts.clip_side_text(video.title, video.description, video.subtitles, clip.start, clip.end)
+    return {"side_text": dataclasses.asdict(text)}
 
 
 def _define_flags(flag_values: flags.FlagValues) -> None:
@@ -293,11 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail("give the clips and their videos: --clips clips.jsonl --videos videos.jsonl")
     problems: list[Problem] = []
     try:
-        clips = list(read_records(Path(flag_values["clips"].value), Clip, problems))
-        videos_jsonl = Path(flag_values["videos"].value)
-        videos = [dataclasses.replace(v, path=str(videos_jsonl.parent / v.path))
-                  for v in read_records(videos_jsonl, Video, problems)]  # fmt: skip
-        parse_mesh(config.mesh)
+        clips, videos = clip_stage.read_inputs(flag_values["clips"].value, flag_values["videos"].value, problems)
+        sharding.parse_mesh(config.mesh)
         teachers = from_config(config, config.teacher_names)
     except (OSError, ValueError) as error:
         fail(str(error))
@@ -319,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "or set --config.weights_dir (README: the teachers)")  # fmt: skip
     cli.start_distributed(flag_values)
 
-    shards, missing = clip_shards(clips, videos, config.clips_per_shard, sources)
+    shards, missing = clip_stage.clip_shards(clips, videos, config.clips_per_shard, side_text, sources)
     problems += missing
     stage = CaptionStage(config, teachers, external)
     out = Path(config.out)

@@ -6,7 +6,8 @@ Stages talk only through these records (fields as in the README's stage map):
     shots      Shots      video_id, fps, num_frames, detector, shots [[start, end), ...]
     clips      Clip       clip_id, video_id, start, end, start_frame, end_frame, shot_count
     captions   Caption    clip_id, teacher, prompt_version, caption
-    selection  Selection  clip_id, caption, teacher, matching_score, scores
+    selection  Selection  clip_id, caption, teacher, matching_score, scores, missing_teachers
+    labels     Label      clip_id, teacher (a person's choice, for the select stage's report)
     failures   Failure    stage, item_id, source, error
 
 A record read from a file is checked field by field; an error names the file, the line and
@@ -190,6 +191,12 @@ def _scores(value: Any) -> dict[str, float]:
     return {_teacher(teacher): _probability(score) for teacher, score in value.items()}
 
 
+def _teachers(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be a list of teacher names, got {type(value).__name__}")
+    return tuple(_teacher(teacher) for teacher in value)
+
+
 def _field(check: Callable[[Any], Any], default: Any = dataclasses.MISSING) -> Any:
     return dataclasses.field(default=default, metadata={"check": check})
 
@@ -310,7 +317,23 @@ class Selection(Record):
     caption: str = _field(_string)
     teacher: str = _field(_teacher)
     matching_score: float = _field(_probability)
-    scores: dict[str, float] = _field(_scores, None)
+    scores: dict[str, float] = _field(_scores, None)  # every candidate's matching probability, by teacher
+    missing_teachers: tuple[str, ...] = _field(_teachers, ())  # teachers that gave this clip no caption
+
+    def check(self) -> None:
+        if self.scores is not None and self.teacher not in self.scores:
+            raise RecordError(f"teacher {self.teacher!r} is not among the scored teachers {sorted(self.scores)}")
+        if self.teacher in self.missing_teachers:
+            raise RecordError(f"teacher {self.teacher!r} is both chosen and missing")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Label(Record):
+    """The teacher whose caption a person judged best for a clip: what selection is scored against."""
+
+    KIND: ClassVar[str] = "labels"
+    clip_id: str = _field(_clip_id)
+    teacher: str = _field(_teacher)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

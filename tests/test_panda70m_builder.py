@@ -17,13 +17,14 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from lpips_weights import write_random_lpips  # noqa: E402
 from panda_jax.data import pipeline  # noqa: E402
-from panda_jax.records import read_jsonl  # noqa: E402
+from panda_jax.data.sources import sample_jobs  # noqa: E402
+from panda_jax.records import Caption, Selection, read_jsonl, write_jsonl  # noqa: E402
 from panda_jax.data.subtitles import SubtitleError, overlapping_text, parse_subtitles  # noqa: E402
 from panda_jax.models import lpips  # noqa: E402
 from panda_jax.video import io, metrics  # noqa: E402
 from panda_jax.video.writer import VideoWriter
 from tfds_builders.panda70m import Builder, Panda70mConfig  # noqa: E402
-from tfds_builders.panda70m.panda70m_dataset_builder import sample_indices  # noqa: E402
+from tfds_builders.panda70m.panda70m_dataset_builder import BuildSettings, _split_clips, sample_indices  # noqa: E402
 from tfds_builders.panda70m.panda70m_dataset_builder_test import Panda70mLocalTest, make_manual_dir  # noqa: E402,F401
 
 TINY_LOCAL = Panda70mConfig(name="local_test", source="local", num_frames=4, image_size=64)
@@ -31,6 +32,12 @@ TINY_SAMPLE = Panda70mConfig(
     name="sample_test", num_frames=4, image_size=48, sample_videos=3, sample_video_size=64, sample_duration=10.0,
     sample_seed=1, sample_include_city=False,
 )
+# One 10 s synthetic video that the split cuts into 3 clips.
+TINY_SELECTED = Panda70mConfig(
+    name="sample_selected", num_frames=2, image_size=32, sample_videos=1, sample_video_size=64, sample_duration=10.0,
+    sample_seed=7, sample_include_city=False,
+)
+TEACHERS = ("blip2", "minigpt4", "video_llava")
 
 
 def _build(config: Panda70mConfig, data_dir: Path, manual_dir: Path | None = None, beam_workers: int = 0) -> Builder:
@@ -175,6 +182,100 @@ def test_split_records_in_the_manual_dir_are_reused(tmp_path, dummy):
     assert examples["shapes_a.0000"]["title"] == b""  # no sidecar copied
     splits = data_dir / "panda70m_work" / "local_reuse" / "split"
     assert not (splits / "shapes_a").exists() and (splits / "shapes_b" / "clips.jsonl").exists()
+
+
+def _sample_clip_ids(config: Panda70mConfig, data_dir: Path) -> list[str]:
+    """The clips a build of `config` makes: its corpus made and split ahead as the build would, which reuses both."""
+    work_dir = data_dir / "panda70m_work" / config.name
+    (job,) = sample_jobs(work_dir, config.sample_videos, config.sample_seed, config.sample_video_size,
+                         config.sample_duration, config.sample_include_city)
+    settings = BuildSettings(work_dir=str(work_dir), num_frames=config.num_frames, image_size=config.image_size,
+                             detector=config.detector, preset=config.preset)
+    return [clip["clip_id"] for clip in _split_clips(job, settings)]
+
+
+def _write(path: Path, records: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(path, [record.to_dict() for record in records])
+
+
+def test_sample_captions_come_from_the_caption_and_select_folders(tmp_path, caplog):
+    config = dataclasses.replace(
+        TINY_SELECTED, captions_dir=str(tmp_path / "caption"), selection_dir=str(tmp_path / "select")
+    )
+    clip_ids = _sample_clip_ids(config, tmp_path / "tfds")
+    assert len(clip_ids) >= 2
+    # The first clip misses a teacher; the last has no selection.
+    teachers = {c: TEACHERS[:2] if n == 0 else TEACHERS for n, c in enumerate(clip_ids)}
+    captions = [Caption(clip_id=c, teacher=t, caption=f"{t} on {c}", prompt_version="v1")
+                for c in clip_ids for t in teachers[c]]
+    selections = {}
+    for n, c in enumerate(clip_ids[:-1]):
+        scores = {t: {"blip2": 0.2, "minigpt4": 0.7, "video_llava": 0.4}[t] + n / 100 for t in teachers[c]}
+        selections[c] = Selection(clip_id=c, caption=f"minigpt4 on {c}", teacher="minigpt4",
+                                  matching_score=scores["minigpt4"], scores=scores,
+                                  missing_teachers=tuple(t for t in TEACHERS if t not in teachers[c]))
+    elsewhere = Selection(clip_id="elsewhere.0000", caption="x", teacher="blip2", matching_score=0.5)
+    _write(tmp_path / "caption" / "captions.jsonl", captions)
+    _write(tmp_path / "select" / "selection.jsonl", [*selections.values(), elsewhere])
+
+    _build(config, tmp_path / "tfds")
+    examples = _by_clip(config, tmp_path / "tfds")
+    assert sorted(examples) == sorted(clip_ids)
+    for c in clip_ids:
+        ex, selected = examples[c], selections.get(c)
+        assert [t.decode() for t in ex["teacher_captions"]["teacher"]] == list(teachers[c])
+        assert [t.decode() for t in ex["teacher_captions"]["caption"]] == [f"{t} on {c}" for t in teachers[c]]
+        scores = [selected.scores[t] if selected else -1.0 for t in teachers[c]]
+        np.testing.assert_allclose(ex["teacher_captions"]["score"], scores, rtol=1e-6)
+        if selected:
+            assert (ex["caption"].decode(), ex["caption_source"]) == (selected.caption, b"selection")
+            assert ex["matching_score"] == pytest.approx(selected.matching_score)
+        else:  # no selection: the first teacher's caption
+            assert (ex["caption"].decode(), ex["caption_source"]) == (f"blip2 on {c}", b"manual")
+            assert ex["matching_score"] == -1.0
+    assert (f"1 of {len(selections) + 1} selection records and 0 of {len(captions)} caption records "
+            "name no clip of this build") in caplog.text
+
+
+def test_local_record_folders_win_over_the_manual_dir(tmp_path, dummy):
+    manual = _copies(tmp_path / "manual", dummy / "shapes_a.mp4", ["shapes_a.mp4"])
+    for name in ("captions.jsonl", "selection.jsonl"):  # name shapes_a.0000, which the folders name too
+        shutil.copy(dummy / name, manual / name)
+    given = {"clip_id": "shapes_a.0000", "video_id": "shapes_a", "start": 1.0, "end": 3.0,
+             "start_frame": 24, "end_frame": 72}
+    (manual / "split").mkdir()
+    write_jsonl(manual / "split" / "clips.jsonl", [given])  # so nothing is split
+    _write(tmp_path / "caption" / "captions.jsonl", [Caption(clip_id="shapes_a.0000", teacher="llava", caption="ours")])
+    _write(tmp_path / "select" / "selection.jsonl", [
+        Selection(clip_id="shapes_a.0000", caption="ours", teacher="llava", matching_score=0.9, scores={"llava": 0.9})
+    ])
+    config = Panda70mConfig(name="local_folders", source="local", num_frames=2, image_size=32,
+                            captions_dir=str(tmp_path / "caption"), selection_dir=str(tmp_path / "select"))
+    _build(config, tmp_path / "tfds", manual_dir=manual)
+    (ex,) = _by_clip(config, tmp_path / "tfds").values()
+    assert (ex["caption"], ex["caption_source"]) == (b"ours", b"selection")
+    assert ex["matching_score"] == pytest.approx(0.9)
+    assert list(ex["teacher_captions"]["teacher"]) == [b"llava"]
+    np.testing.assert_allclose(ex["teacher_captions"]["score"], [0.9], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("field", "missing", "command"), [
+    ("captions_dir", "captions.jsonl", "python -m panda_jax.caption --out DIR"),
+    ("selection_dir", "selection.jsonl", "python -m panda_jax.select --out DIR"),
+])
+def test_a_record_folder_without_its_file_fails_at_build_start(tmp_path, field, missing, command):
+    config = dataclasses.replace(TINY_SELECTED, name="sample_no_records", **{field: str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match=f"{missing} is missing from {tmp_path}") as raised:
+        _build(config, tmp_path / "tfds")
+    assert command in str(raised.value)
+    assert not (tmp_path / "tfds" / "panda70m_work").exists()  # no corpus made
+
+
+def test_official_refuses_record_folders(tmp_path):
+    official = Builder(config="official").builder_config
+    with pytest.raises(ValueError, match="official CSV"):
+        dataclasses.replace(official, name="official_records", selection_dir=str(tmp_path))
 
 
 def test_tfds_load_reads_the_same_examples_as_data_source(local_build):

@@ -23,12 +23,15 @@ from panda_jax.records import (
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".mpg", ".mpeg", ".m4v")
+CAPTIONS_FILE = "captions.jsonl"  # in the caption stage's output folder
+SELECTION_FILE = "selection.jsonl"  # in the select stage's output folder
 
 MANUAL_INSTRUCTIONS = """\
 config `local`: put in the manual dir either a `videos.jsonl` (`videos` records, paths
 relative to it) or video files with optional sidecars `<stem>.json` ({"title": ...,
-"description": ...}) and `<stem>.srt` / `.vtt` / `.ass` / `.ssa`. Optional: `captions.jsonl`,
-`selection.jsonl` (caption stage records) and `split/clips.jsonl` (split records to reuse).
+"description": ...}) and `<stem>.srt` / `.vtt` / `.ass` / `.ssa`. Optional: `split/clips.jsonl`
+(split records to reuse), and `captions.jsonl` / `selection.jsonl` (caption and select stage
+records) unless the config names the stages' output folders (`captions_dir`, `selection_dir`).
 config `official`: exactly one official Panda-70M CSV in the manual dir, beside the shard
 folders that video2dataset (`--output_format files`) downloaded into it.
 """
@@ -51,7 +54,7 @@ class VideoJob:
 
 @dataclasses.dataclass(frozen=True)
 class ClipCaptions:
-    """Caption stage records of a manual dir, by clip id."""
+    """Caption and select stage records by clip id; each clip's captions in the order of their file."""
 
     captions: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     selection: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -140,15 +143,15 @@ def local_jobs(manual_dir: Path, problems: list[Problem]) -> list[VideoJob]:
     return jobs
 
 
-def local_captions(manual_dir: Path, problems: list[Problem]) -> ClipCaptions:
-    """`captions.jsonl` and `selection.jsonl` of a manual dir, by clip id (both optional)."""
+def caption_records(captions_file: Path | None, selection_file: Path | None, problems: list[Problem]) -> ClipCaptions:
+    """The `captions` and `selection` records of these files (None: no records), by clip id."""
     captions: dict[str, list[dict[str, Any]]] = {}
-    if (manual_dir / "captions.jsonl").exists():
-        for record in read_records(manual_dir / "captions.jsonl", Caption, problems):
+    if captions_file is not None:
+        for record in read_records(captions_file, Caption, problems):
             captions.setdefault(record.clip_id, []).append(record.to_dict())
     selection = {}
-    if (manual_dir / "selection.jsonl").exists():
-        selection = {r.clip_id: r.to_dict() for r in read_records(manual_dir / "selection.jsonl", Selection, problems)}
+    if selection_file is not None:
+        selection = {r.clip_id: r.to_dict() for r in read_records(selection_file, Selection, problems)}
     return ClipCaptions(captions, selection)
 
 

@@ -55,6 +55,17 @@ def partition_spec(names: Sequence[str | None] | None, rules: Sequence[tuple[str
     return PartitionSpec(*mesh_axes)
 
 
+def parse_mesh(spec: str) -> dict[str, int]:
+    """A mesh written on a command line, `data=-1,model=1`, as `make_mesh`'s arguments."""
+    try:
+        sizes = {name.strip(): int(size) for name, size in (part.split("=") for part in spec.split(","))}
+    except ValueError:
+        raise ValueError(f"mesh {spec!r}: write it as data=N,model=M (N may be -1: the devices left)") from None
+    if set(sizes) != {"data", "model"}:
+        raise ValueError(f"mesh {spec!r}: give exactly the axes data and model")
+    return sizes
+
+
 def make_mesh(data: int = -1, model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
     """A ('data', 'model') mesh over `devices` (all by default); -1 takes what is left."""
     devices = list(devices if devices is not None else jax.devices())

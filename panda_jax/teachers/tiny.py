@@ -1,14 +1,17 @@
-"""Tiny random teachers for tests and quick checks: real Hugging Face checkpoint folders, written by our own code.
+"""Tiny random teachers and selectors for tests and quick checks: real Hugging Face checkpoint folders,
+written by our own code.
 
 `write_tiny_checkpoint(kind, directory, seed)` writes a folder that `captioner.load_captioner`
-(and transformers) read like a released teacher's, small enough to load and caption in seconds
-on a CPU; `ensure_tiny_checkpoint` writes it at first use. Kinds:
+(or, for the selector, `video_retrieval.load`) and transformers read like a released model's,
+small enough to load and run in seconds on a CPU; `ensure_tiny_checkpoint` writes it at first
+use. Kinds:
 
   blip2_opt           Blip2ForConditionalGeneration, OPT language model: one image
   instructblip        InstructBlipForConditionalGeneration, LLaMA: one image
   instructblip_video  InstructBlipVideoForConditionalGeneration, LLaMA: any number of frames
   opt                 OPTForCausalLM: text only
   t5                  T5ForConditionalGeneration (Flan-T5's layout): text only
+  blip2_retrieval     Blip2ForImageTextRetrieval (BERT tokenizer): the caption selector's image model
 
 A folder holds config.json in transformers 5.24's layout, model.safetensors, the tokenizer(s)
 and the image (or video) processor settings. No torch and no transformers model class is
@@ -36,7 +39,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from panda_jax.files import atomic_directory
-from panda_jax.models import blip2, checkpoint, instructblip, opt, t5
+from panda_jax.models import blip2, blip2_retrieval, checkpoint, instructblip, opt, t5
 from panda_jax.models.clip import IMAGE_MEAN, IMAGE_STD
 
 # The vocabulary: everyday caption words, the synthetic corpus's (colours, shapes, sizes, motions,
@@ -131,14 +134,20 @@ WORD_START = {"opt": "Ġ", "llama": "▁", "t5": "▁"}
 OUTPUT_PROJECTION = {"opt": "model.decoder.embed_tokens.weight", "llama": "lm_head.weight", "t5": "lm_head.weight"}
 
 
+RETRIEVAL = "blip2_retrieval"
+ARCHITECTURE_OF = {kind: spec.architecture for kind, spec in KINDS.items()} | {RETRIEVAL: "Blip2ForImageTextRetrieval"}
+
+
 def write_tiny_checkpoint(kind: str, directory: str | os.PathLike, seed: int = 0) -> Path:
-    """Writes the tiny `kind` teacher (see the module docstring) with weights drawn from `seed` into `directory`.
+    """Writes the tiny `kind` model (see the module docstring) with weights drawn from `seed` into `directory`.
 
     Written beside `directory` and renamed into place (`files.atomic_directory`): a reader never
     sees half a folder, and if a folder is already there, it is kept.
     """
+    if kind == RETRIEVAL:
+        return write_tiny_retrieval(directory, seed)
     if kind not in KINDS:
-        raise ValueError(f"unknown tiny teacher kind {kind!r}; choose from {', '.join(KINDS)}")
+        raise ValueError(f"unknown tiny model kind {kind!r}; choose from {', '.join(ARCHITECTURE_OF)}")
     spec = KINDS[kind]
     tokenizer = TOKENIZERS[spec.language]()
     if spec.placeholder is not None:  # as BLIP-2's and InstructBLIP's processors add it
@@ -176,10 +185,36 @@ def ensure_tiny_checkpoint(kind: str, directory: str | os.PathLike, seed: int = 
     kept. Refuses a folder that holds another architecture.
     """
     directory = Path(directory).expanduser()
-    if kind in KINDS and (directory / checkpoint.CONFIG_NAME).is_file():
-        checkpoint.read_config(directory, architectures=[KINDS[kind].architecture])
+    if kind in ARCHITECTURE_OF and (directory / checkpoint.CONFIG_NAME).is_file():
+        checkpoint.read_config(directory, architectures=[ARCHITECTURE_OF[kind]])
         return directory
     return write_tiny_checkpoint(kind, directory, seed)
+
+
+def write_tiny_retrieval(directory: str | os.PathLike, seed: int = 0) -> Path:
+    """The tiny `Blip2ForImageTextRetrieval`: the tiny teachers' vision encoder and Q-Former (with its
+    text input), a 16-wide contrastive space, BERT's tokenizer over `WORDS`; written like `write_tiny_checkpoint`."""
+    tokenizer = train_qformer_tokenizer()
+    qformer = QFORMER | {
+        "model_type": "blip_2_qformer", "encoder_hidden_size": VISION["hidden_size"], "use_qformer_text_input": True,
+        "vocab_size": len(tokenizer),
+    }  # fmt: skip
+    config = {
+        "architectures": ["Blip2ForImageTextRetrieval"], "model_type": "blip-2", "dtype": "float32",
+        "num_query_tokens": QUERIES, "image_text_hidden_size": 16,
+        "vision_config": VISION | {"model_type": "blip_2_vision_model"}, "qformer_config": qformer,
+    }  # fmt: skip
+    parsed = blip2_retrieval.RetrievalConfig.from_hf(config)
+    model = checkpoint.abstract(lambda: blip2_retrieval.Blip2Retrieval(parsed, rngs=nnx.Rngs(0)))
+    tensors = random_weights(model, blip2_retrieval.retrieval_slots(model), seed)
+    directory = Path(directory).expanduser()
+    with atomic_directory(directory) as folder:
+        (folder / checkpoint.CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_file(tensors, str(folder / checkpoint.WEIGHTS_NAME), metadata={"format": "pt"})
+        tokenizer.save_pretrained(folder)
+        name, settings = processor_settings(video=False)
+        (folder / name).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    return directory
 
 
 def visual_config(spec: Kind, text: dict[str, Any], placeholder_id: int, qformer: dict[str, Any]) -> dict[str, Any]:
@@ -215,11 +250,19 @@ def processor_settings(video: bool) -> tuple[str, dict[str, Any]]:
 
 
 def random_tensors(spec: Kind, config: dict[str, Any], seed: int, words: list[int]) -> dict[str, np.ndarray]:
-    """Every tensor our loader reads for `config`, by name, at its checkpoint shape: normal(0, STD) drawn from
-    `seed` in name order, norm scales 1, biases 0; the output projection's rows other than `words` 0."""
+    """Every tensor our loader reads for `config` (`random_weights`), the output projection's rows other than
+    `words` 0."""
     parsed = spec.read_config(config)
     model = checkpoint.abstract(lambda: spec.module(parsed, rngs=nnx.Rngs(0)))
-    slots = spec.slots(model)
+    tensors = random_weights(model, spec.slots(model), seed)
+    head = ("language_model." if "text_config" in config else "") + OUTPUT_PROJECTION[spec.language]
+    tensors[head][np.setdiff1d(np.arange(len(tensors[head])), words)] = 0.0
+    return tensors
+
+
+def random_weights(model: nnx.Module, slots: dict[str, checkpoint.Slot], seed: int) -> dict[str, np.ndarray]:
+    """Every tensor the `slots` of `model` name, at its checkpoint shape: normal(0, STD) drawn from `seed` in
+    name order, norm scales 1, biases 0."""
     norms = (nnx.LayerNorm, nnx.RMSNorm)
     norm_scales = {id(node.scale) for _, node in nnx.iter_graph(model) if isinstance(node, norms)}
     rng = np.random.default_rng(seed)
@@ -232,8 +275,6 @@ def random_tensors(spec: Kind, config: dict[str, Any], seed: int, words: list[in
             tensors[name] = np.zeros(slot.shape, np.float32)
         else:
             tensors[name] = rng.normal(0.0, STD, slot.shape).astype(np.float32)
-    head = ("language_model." if "text_config" in config else "") + OUTPUT_PROJECTION[spec.language]
-    tensors[head][np.setdiff1d(np.arange(len(tensors[head])), words)] = 0.0
     return tensors
 
 

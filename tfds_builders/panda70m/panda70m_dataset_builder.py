@@ -13,12 +13,33 @@ reuses them. Frames are sampled uniformly over each clip and resized without cro
 writes tfrecord shards (read by `tfds.load`) and converts them in place to array_record (read by
 `tfds.data_source`), so both read the same examples.
 
-Until the caption teachers exist, captions come from the synthetic ground truth (`sample`),
-from `captions.jsonl` / `selection.jsonl` records in the manual dir (`local`) or from the
-official CSV (`official`, whose clips are cut already and are not split again); the feature
-`caption_source` says which. Split quality (`max_running_lpips`) is computed when the config
-names an LPIPS checkpoint directory (`lpips_checkpoint`), else taken from the split records or
-left at -1. Under Beam, one video is one unit of parallel work.
+Captions follow this precedence: the clip's official caption (`official`, whose clips are cut
+already and are not split again), the select stage's `selection` record (with its matching
+score), the first teacher's `captions` record, the synthetic ground truth (`sample`), else
+none; the feature `caption_source` says which ("official", "selection", "manual",
+"synthetic_ground_truth", "none"). Every teacher caption is kept, in the order of its file,
+with its selection score (-1 when not scored). `sample` and `local` read the records from the
+folders the config names, `captions_dir` (the caption stage's output, with captions.jsonl) and
+`selection_dir` (the select stage's, with selection.jsonl); `local` falls back to these files
+in the manual dir. The stages run in order, split -> caption -> select -> build:
+
+    python -m panda_jax.split --videos ~/my_videos/videos.jsonl --out ~/my_videos/split
+    python -m panda_jax.caption --clips ~/my_videos/split/clips.jsonl --videos ~/my_videos/videos.jsonl \
+        --out runs/caption
+    python -m panda_jax.select --clips ~/my_videos/split/clips.jsonl --videos ~/my_videos/videos.jsonl \
+        --captions runs/caption --out runs/select
+    tfds build panda70m --imports tfds_builders --manual_dir ~/my_videos --config \
+        '{"name": "local_selected", "source": "local", "captions_dir": "runs/caption", "selection_dir": "runs/select"}'
+
+The build reuses the manual dir's split/clips.jsonl, so the records name its clips. For
+`sample`, run the stages on its corpus, <data_dir>/panda70m_work/<config>/synthetic/videos.jsonl
+(a build of that config makes it; build again with `--overwrite`), splitting with `--detector
+content` as the builder does. Records naming no clip of the build (made for another split or
+corpus) are counted in a warning.
+
+Split quality (`max_running_lpips`) is computed when the config names an LPIPS checkpoint
+directory (`lpips_checkpoint`), else taken from the split records or left at -1. Under Beam,
+one video is one unit of parallel work.
 """
 
 from __future__ import annotations
@@ -35,7 +56,8 @@ import tensorflow_datasets as tfds
 
 from panda_jax import cli, split, stages
 from panda_jax.data.sources import (
-    MANUAL_INSTRUCTIONS, ClipCaptions, VideoJob, local_captions, local_jobs, official_jobs, sample_jobs,
+    CAPTIONS_FILE, MANUAL_INSTRUCTIONS, SELECTION_FILE, ClipCaptions, VideoJob, caption_records, local_jobs,
+    official_jobs, sample_jobs,
 )
 from panda_jax.data.subtitles import overlapping_text
 from panda_jax.records import Clip, Failure, Problem, Video, read_records
@@ -69,6 +91,16 @@ class Panda70mConfig(tfds.core.BuilderConfig):
     # from a torchvision AlexNet state dict and the lpips v0.1 heads), every clip gets its Max
     # Running LPIPS; otherwise it stays -1.
     lpips_checkpoint: str = ""
+    # Caption records for `sample` and `local`: the caption stage's output folder (with
+    # captions.jsonl) and the select stage's (with selection.jsonl). Left empty, `local` reads
+    # these files from the manual dir if there. `official` refuses them: its captions are the CSV's.
+    captions_dir: str = ""
+    selection_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source == "official" and (self.captions_dir or self.selection_dir):
+            raise ValueError(f"config {self.name!r}: `official` takes its captions from the official CSV; "
+                             "leave captions_dir and selection_dir empty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +129,14 @@ def _split_stage(detector: str, preset: str) -> split.SplitStage:
     return split.SplitStage(config)
 
 
+def _split_dir(work_dir: str | Path, video_id: str) -> Path:
+    """Where the build keeps a video's split records."""
+    return Path(work_dir) / "split" / video_id
+
+
 def _split_clips(job: VideoJob, settings: BuildSettings) -> list[dict[str, Any]] | None:
     """Splits the video with the split stage (records in work_dir/split/<video_id>); None when it failed."""
-    out = Path(settings.work_dir) / "split" / job.video_id
+    out = _split_dir(settings.work_dir, job.video_id)
     video = Video(video_id=job.video_id, path=job.path)
     summary = stages.run(_split_stage(settings.detector, settings.preset), [split.video_shard(video)], out, share=(0, 1))
     if summary.failed:
@@ -121,6 +158,7 @@ def _captions(job: VideoJob, clip: dict[str, Any], records: ClipCaptions) -> dic
 
     The first that exists wins: the clip's own official caption, a selection record, a caption
     record (the first teacher's), the synthetic ground truth; else an empty caption, source "none".
+    The teacher captions are the clip's caption records in file order, each with its selection score.
     """
     clip_id, start, end = clip["clip_id"], float(clip["start"]), float(clip["end"])
     if "caption" in clip:
@@ -237,6 +275,49 @@ def _lpips_checkpoint(config: Panda70mConfig) -> str | None:
     return config.lpips_checkpoint
 
 
+def _record_file(directory: str, name: str, command: str, fallback: Path | None) -> Path | None:
+    """`directory/name`, which must exist; without a directory, `fallback/name` if there."""
+    if directory:
+        path = Path(directory) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{name} is missing from {directory} ({path}); `{command}` makes it")
+        return path
+    if fallback is not None and (fallback / name).is_file():
+        return fallback / name
+    return None
+
+
+def _config_captions(config: Panda70mConfig, manual_dir: Path | None, problems: list[Problem]) -> ClipCaptions:
+    """The records of the config's `captions_dir` and `selection_dir`, else (`local`) of the manual dir."""
+    fallback = manual_dir if config.source == "local" else None
+    return caption_records(
+        _record_file(config.captions_dir, CAPTIONS_FILE, "python -m panda_jax.caption --out DIR", fallback),
+        _record_file(config.selection_dir, SELECTION_FILE, "python -m panda_jax.select --out DIR", fallback),
+        problems,
+    )
+
+
+def _built_clip_ids(jobs: Sequence[VideoJob], work_dir: Path) -> set[str]:
+    """The clips of the build: each video's given clips, else its split records."""
+    ids = set()
+    for job in jobs:
+        if job.clips is not None:
+            ids.update(clip["clip_id"] for clip in job.clips)
+        elif (records := _split_dir(work_dir, job.video_id) / "clips.jsonl").exists():
+            ids.update(clip.clip_id for clip in read_records(records, Clip))
+    return ids
+
+
+def _warn_unmatched(name: str, captions: ClipCaptions, clip_ids: set[str]) -> None:
+    """Counts the records naming no clip of the build, so records of another split are noticed."""
+    selections = sum(clip_id not in clip_ids for clip_id in captions.selection)
+    teachers = sum(len(records) for clip_id, records in captions.captions.items() if clip_id not in clip_ids)
+    if selections or teachers:
+        log.warning("panda70m/%s: %d of %d selection records and %d of %d caption records name no clip of this "
+                    "build (made for another split or corpus? check captions_dir / selection_dir)",
+                    name, selections, len(captions.selection), teachers, sum(map(len, captions.captions.values())))
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """Panda-70M-style captioned clips made by the panda-jax stages."""
 
@@ -293,16 +374,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config: Panda70mConfig = self.builder_config
         work_dir = self._work_dir()
-        captions = ClipCaptions()
         self._input_problems: list[Problem] = []
+        manual_dir = Path(dl_manager.manual_dir) if config.source in ("local", "official") else None
+        captions = _config_captions(config, manual_dir, self._input_problems)  # fails before any work
         if config.source == "sample":
             jobs = sample_jobs(work_dir, config.sample_videos, config.sample_seed, config.sample_video_size,
                                config.sample_duration, config.sample_include_city)
         elif config.source == "local":
-            jobs = local_jobs(Path(dl_manager.manual_dir), self._input_problems)
-            captions = local_captions(Path(dl_manager.manual_dir), self._input_problems)
+            jobs = local_jobs(manual_dir, self._input_problems)
         elif config.source == "official":
-            jobs = official_jobs(Path(dl_manager.manual_dir), self._input_problems)
+            jobs = official_jobs(manual_dir, self._input_problems)
         else:
             raise ValueError(f"config {config.name!r} has unknown source {config.source!r}; use sample, local or official")
         settings = BuildSettings(
@@ -311,6 +392,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             lpips_checkpoint=_lpips_checkpoint(config),
         )
         log.info("panda70m/%s: %d videos, stage records in %s", config.name, len(jobs), work_dir)
+        self._jobs_and_captions = (jobs, captions)
         return {"train": self._generate_examples(jobs, settings)}
 
     def _generate_examples(self, jobs: Sequence[VideoJob], settings: BuildSettings):
@@ -343,6 +425,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if problems:
             log.warning("panda70m/%s: %d inputs were skipped (each named in a warning above), e.g. %s: %s",
                         self.builder_config.name, len(problems), problems[0].source, problems[0].error)
+        if hasattr(self, "_jobs_and_captions"):  # not when the dataset was built already
+            jobs, captions = self._jobs_and_captions
+            _warn_unmatched(self.builder_config.name, captions, _built_clip_ids(jobs, self._work_dir()))
         self._restore_alternative_formats()
         array_record = tfds.core.FileFormat.ARRAY_RECORD
         if self.info.file_format != tfds.core.FileFormat.TFRECORD or array_record in self.info.alternative_file_formats:

@@ -1,0 +1,62 @@
+"""The caption selector: `python -m panda_jax.select ... --config=retrieval[:VARIANT]`, and its training recipe.
+
+The selector (panda_jax/models/video_retrieval.py) is a video-text retrieval model made from an
+image-text checkpoint folder under `weights_dir`; `--checkpoint DIR` (field `checkpoint`)
+points at another, e.g. one `python -m panda_jax.train --config=retrieval` fine-tuned.
+
+Variants:
+  panda70m  the paper's recipe (12 frames; RandomResizedCrop 0.5-1 at 224; AdamW lr 2e-5,
+            betas (0.9, 0.999), weight decay 0.02; batch 32; 10 epochs; VTC hard negatives: the
+            clip's other captions weight 1, other clips' 0.01) on BLIP-2's retrieval model
+            (Salesforce/blip2-itm-vit-g), standing in for Unmasked Teacher (UMT-L);
+  clip      the same recipe on CLIP ViT-B/16 (openai/clip-vit-base-patch16) with CLIP4Clip's
+            mean of frame embeddings: the cheap option;
+  tiny      a small random BLIP-2 retrieval model written as a checkpoint folder at first use,
+            4 frames: for tests and quick checks, not for choices worth reading.
+"""
+
+import os
+
+import ml_collections
+
+
+def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.weights_dir = "weights"
+    config.tiny = ""  # a panda_jax.teachers.tiny kind: the folder is written with random weights at first use
+    config.dtype = "bfloat16"
+    if variant == "panda70m":
+        config.checkpoint = "blip2-itm-vit-g"
+        config.num_frames = 12
+    elif variant == "clip":
+        config.checkpoint = "clip-vit-base-patch16"
+        config.num_frames = 12
+    elif variant == "tiny":
+        config.weights_dir = os.path.join(os.environ.get("PANDA_JAX_CACHE", "~/.cache/panda_jax"), "tiny_selectors")
+        config.checkpoint = "blip2_retrieval"
+        config.tiny = "blip2_retrieval"
+        config.num_frames = 4
+        config.dtype = "float32"
+    else:
+        raise ValueError(f"unknown retrieval variant {variant!r}; choose from panda70m, clip, tiny")
+
+    config.temporal_layers = 2  # the temporal transformer over per-frame query outputs (BLIP-2 only)
+    config.max_text_tokens = 40  # captions are cut to this many tokens of the model's tokenizer
+    config.threshold = 0.43  # Panda-70M: a matching probability above it is a strong match
+
+    # Training (panda_jax.train): the paper's fine-tuning recipe.
+    config.train = ml_collections.ConfigDict(dict(
+        image_size=224, crop_scale=(0.5, 1.0), learning_rate=2e-5, b1=0.9, b2=0.999, weight_decay=0.02,
+        batch_size=32, epochs=10,
+    ))  # fmt: skip
+    # VTC negatives: the clip's other captions, and the captions of other clips of the batch.
+    config.loss = ml_collections.ConfigDict(dict(same_clip_weight=1.0, other_clip_weight=0.01, vtm_weight=1.0))
+
+    # The select stage.
+    config.batch_size = 8  # clips per scoring call; batches are padded to powers of two up to it
+    config.clips_per_shard = 64  # a shard holds whole videos, about this many clips
+    config.mesh = "data=-1,model=1"  # ('data', 'model') device mesh; -1 takes the devices left
+    # How a run goes, not what it makes.
+    config.out = ""
+    config.workers = 1
+    return config

@@ -1,0 +1,134 @@
+"""What the stages over clips (caption, select) share: their inputs, their shards, their frames.
+
+Both read split's `clips` with the `videos` they come from, cut them into shards of whole
+videos for the shard runner, and decode each clip's frames once, in background threads while
+the models run, handing the models fixed-size batches. A video that is missing or cannot be
+decoded fails its clips (one `failures` record each) and the others go on.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from panda_jax import stages
+from panda_jax.records import Clip, Failure, Problem, Video, read_records
+from panda_jax.video import io
+
+DECODE_THREADS = 4
+DECODE_ERRORS = (io.VideoError, OSError, IndexError, ValueError)
+
+# A clip with the frames it needs, by what needs them (e.g. 1 for an image teacher, 8 for 8 frames).
+ClipFrames = tuple[dict[str, Any], dict[Any, np.ndarray]]
+# (clip, start frame, end frame) → {need: frame indices}
+FrameNeeds = Callable[[dict[str, Any], int, int], Mapping[Any, Sequence[int]]]
+
+
+def read_inputs(clips_path: str | Path, videos_path: str | Path, problems: list[Problem]) -> tuple[list[Clip], list[Video]]:
+    """The clip records and their videos, video paths made relative to `videos.jsonl`'s folder; bad lines
+    become `problems`. Raises OSError when a file cannot be read."""
+    clips = list(read_records(Path(clips_path), Clip, problems))
+    videos_path = Path(videos_path)
+    videos = [dataclasses.replace(v, path=str(videos_path.parent / v.path))
+              for v in read_records(videos_path, Video, problems)]  # fmt: skip
+    return clips, videos
+
+
+def clip_shards(
+    clips: Sequence[Clip],
+    videos: Sequence[Video],
+    clips_per_shard: int,
+    clip_fields: Callable[[Video, Clip], dict[str, Any]],
+    extra_sources: Sequence[str] = (),
+) -> tuple[list[stages.Shard], list[Problem]]:
+    """Shards of whole videos, about `clips_per_shard` clips each, in video-id order; clips of a video the
+    video list lacks become problems. `clip_fields` adds what a stage's clip carries (side text, captions):
+    part of the payload, so a change to it recomputes the shard."""
+    by_video: dict[str, list[Clip]] = collections.defaultdict(list)
+    for clip in clips:
+        by_video[clip.video_id].append(clip)
+    known = {video.video_id: video for video in videos}
+    problems = [
+        Problem(source="clips", item_id=clip.clip_id, error=f"its video {clip.video_id} is not in the video list")
+        for video_id in sorted(set(by_video) - set(known)) for clip in by_video[video_id]
+    ]  # fmt: skip
+    shards, group, grouped_clips = [], [], 0
+
+    def close() -> None:
+        paths = tuple(entry["path"] for entry in group)
+        shards.append(stages.Shard(key=group[0]["video_id"], payload={"videos": list(group)},
+                                   sources=paths + tuple(extra_sources)))  # fmt: skip
+        group.clear()
+
+    for video_id in sorted(set(by_video) & set(known)):
+        video = known[video_id]
+        entry = {
+            "video_id": video_id,
+            "path": str(Path(video.path).absolute()),
+            "clips": [
+                {"clip_id": c.clip_id, "start": c.start, "end": c.end, "start_frame": c.start_frame,
+                 "end_frame": c.end_frame, **clip_fields(video, c)}
+                for c in sorted(by_video[video_id], key=lambda c: c.clip_id)
+            ],
+        }  # fmt: skip
+        group.append(entry)
+        grouped_clips += len(entry["clips"])
+        if grouped_clips >= clips_per_shard:
+            close()
+            grouped_clips = 0
+    if group:
+        close()
+    return shards, problems
+
+
+def decode_clips(video: Mapping[str, Any], needs: FrameNeeds, size: int) -> list[ClipFrames]:
+    """Every clip of a shard's video with the frames `needs` names, from one decoding pass at `size`×`size`."""
+    wanted: list[tuple[int, Any, Sequence[int]]] = []  # (clip number, need, frame indices)
+    fps = None
+    for number, clip in enumerate(video["clips"]):
+        start, end = clip["start_frame"], clip["end_frame"]
+        if start is None:  # a clip list made elsewhere, in seconds only
+            fps = fps or io.probe(video["path"]).fps
+            start, end = round(clip["start"] * fps), max(round(clip["end"] * fps), round(clip["start"] * fps) + 1)
+        wanted += [(number, need, indices) for need, indices in needs(clip, start, end).items()]
+    if not wanted:  # nothing to look at: still, a clip needs a readable video
+        io.probe(video["path"])
+        return [(clip, {}) for clip in video["clips"]]
+    indices = sorted({i for _, _, clip_indices in wanted for i in clip_indices})
+    decoded = dict(zip(indices, io.read_frames(video["path"], indices, size=(size, size))))
+    clip_frames: list[dict[Any, np.ndarray]] = [{} for _ in video["clips"]]
+    for number, need, clip_indices in wanted:
+        clip_frames[number][need] = np.stack([decoded[i] for i in clip_indices])
+    return list(zip(video["clips"], clip_frames))
+
+
+def decoded_batches(
+    shard: stages.Shard, needs: FrameNeeds, size: int, batch_size: int, failures: list[Failure], stage: str
+) -> Iterator[list[ClipFrames]]:
+    """A shard's clips with their frames, in batches of `batch_size` (the last may be smaller), its videos
+    decoded ahead in threads; the clips of a video that cannot be decoded go to `failures`."""
+    videos = shard.payload["videos"]
+    pending: list[ClipFrames] = []
+    with concurrent.futures.ThreadPoolExecutor(min(DECODE_THREADS, len(videos))) as pool:
+        decoding = [pool.submit(decode_clips, video, needs, size) for video in videos]
+        for video, future in zip(videos, decoding):
+            try:
+                pending += future.result()
+            except DECODE_ERRORS as error:
+                failures += [
+                    Failure(stage=stage, item_id=clip["clip_id"], source=video["path"],
+                            error=f"{type(error).__name__}: {error}")
+                    for clip in video["clips"]
+                ]  # fmt: skip
+                continue
+            while len(pending) >= batch_size:
+                yield pending[:batch_size]
+                pending = pending[batch_size:]
+        if pending:
+            yield pending
