@@ -143,8 +143,24 @@ def local_jobs(manual_dir: Path, problems: list[Problem]) -> list[VideoJob]:
     return jobs
 
 
-def caption_records(captions_file: Path | None, selection_file: Path | None, problems: list[Problem]) -> ClipCaptions:
-    """The `captions` and `selection` records of these files (None: no records), by clip id."""
+def _record_file(directory: str, name: str, command: str, fallback: Path | None) -> Path | None:
+    """`directory/name`, which must exist; without a directory, `fallback/name` if there."""
+    if directory:
+        path = Path(directory) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{name} is missing from {directory} ({path}); `{command}` makes it")
+        return path
+    if fallback is not None and (fallback / name).is_file():
+        return fallback / name
+    return None
+
+
+def caption_records(captions_dir: str, selection_dir: str, fallback: Path | None, problems: list[Problem]) -> ClipCaptions:
+    """The `captions` records of the caption stage's folder and the `selection` records of the select
+    stage's, by clip id; a folder left empty is looked for in `fallback` (the manual dir), else has none.
+    Raises FileNotFoundError, before any work, for a named folder without its file."""
+    captions_file = _record_file(captions_dir, CAPTIONS_FILE, "python -m panda_jax.caption --out DIR", fallback)
+    selection_file = _record_file(selection_dir, SELECTION_FILE, "python -m panda_jax.select --out DIR", fallback)
     captions: dict[str, list[dict[str, Any]]] = {}
     if captions_file is not None:
         for record in read_records(captions_file, Caption, problems):
@@ -153,6 +169,16 @@ def caption_records(captions_file: Path | None, selection_file: Path | None, pro
     if selection_file is not None:
         selection = {r.clip_id: r.to_dict() for r in read_records(selection_file, Selection, problems)}
     return ClipCaptions(captions, selection)
+
+
+def warn_unmatched(name: str, captions: ClipCaptions, clip_ids: set[str]) -> None:
+    """Counts the records naming no clip of the build, so records of another split are noticed."""
+    selections = sum(clip_id not in clip_ids for clip_id in captions.selection)
+    teachers = sum(len(records) for clip_id, records in captions.captions.items() if clip_id not in clip_ids)
+    if selections or teachers:
+        log.warning("panda70m/%s: %d of %d selection records and %d of %d caption records name no clip of this "
+                    "build (made for another split or corpus? check captions_dir / selection_dir)",
+                    name, selections, len(captions.selection), teachers, sum(map(len, captions.captions.values())))
 
 
 def official_jobs(manual_dir: Path, problems: list[Problem]) -> list[VideoJob]:

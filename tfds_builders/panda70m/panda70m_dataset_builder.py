@@ -56,8 +56,8 @@ import tensorflow_datasets as tfds
 
 from panda_jax import cli, split, stages
 from panda_jax.data.sources import (
-    CAPTIONS_FILE, MANUAL_INSTRUCTIONS, SELECTION_FILE, ClipCaptions, VideoJob, caption_records, local_jobs,
-    official_jobs, sample_jobs,
+    MANUAL_INSTRUCTIONS, ClipCaptions, VideoJob, caption_records, local_jobs, official_jobs, sample_jobs,
+    warn_unmatched,
 )
 from panda_jax.data.subtitles import overlapping_text
 from panda_jax.records import Clip, Failure, Problem, Video, read_records
@@ -275,28 +275,6 @@ def _lpips_checkpoint(config: Panda70mConfig) -> str | None:
     return config.lpips_checkpoint
 
 
-def _record_file(directory: str, name: str, command: str, fallback: Path | None) -> Path | None:
-    """`directory/name`, which must exist; without a directory, `fallback/name` if there."""
-    if directory:
-        path = Path(directory) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{name} is missing from {directory} ({path}); `{command}` makes it")
-        return path
-    if fallback is not None and (fallback / name).is_file():
-        return fallback / name
-    return None
-
-
-def _config_captions(config: Panda70mConfig, manual_dir: Path | None, problems: list[Problem]) -> ClipCaptions:
-    """The records of the config's `captions_dir` and `selection_dir`, else (`local`) of the manual dir."""
-    fallback = manual_dir if config.source == "local" else None
-    return caption_records(
-        _record_file(config.captions_dir, CAPTIONS_FILE, "python -m panda_jax.caption --out DIR", fallback),
-        _record_file(config.selection_dir, SELECTION_FILE, "python -m panda_jax.select --out DIR", fallback),
-        problems,
-    )
-
-
 def _built_clip_ids(jobs: Sequence[VideoJob], work_dir: Path) -> set[str]:
     """The clips of the build: each video's given clips, else its split records."""
     ids = set()
@@ -306,16 +284,6 @@ def _built_clip_ids(jobs: Sequence[VideoJob], work_dir: Path) -> set[str]:
         elif (records := _split_dir(work_dir, job.video_id) / "clips.jsonl").exists():
             ids.update(clip.clip_id for clip in read_records(records, Clip))
     return ids
-
-
-def _warn_unmatched(name: str, captions: ClipCaptions, clip_ids: set[str]) -> None:
-    """Counts the records naming no clip of the build, so records of another split are noticed."""
-    selections = sum(clip_id not in clip_ids for clip_id in captions.selection)
-    teachers = sum(len(records) for clip_id, records in captions.captions.items() if clip_id not in clip_ids)
-    if selections or teachers:
-        log.warning("panda70m/%s: %d of %d selection records and %d of %d caption records name no clip of this "
-                    "build (made for another split or corpus? check captions_dir / selection_dir)",
-                    name, selections, len(captions.selection), teachers, sum(map(len, captions.captions.values())))
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -376,7 +344,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         work_dir = self._work_dir()
         self._input_problems: list[Problem] = []
         manual_dir = Path(dl_manager.manual_dir) if config.source in ("local", "official") else None
-        captions = _config_captions(config, manual_dir, self._input_problems)  # fails before any work
+        fallback = manual_dir if config.source == "local" else None
+        captions = caption_records(config.captions_dir, config.selection_dir, fallback, self._input_problems)
         if config.source == "sample":
             jobs = sample_jobs(work_dir, config.sample_videos, config.sample_seed, config.sample_video_size,
                                config.sample_duration, config.sample_include_city)
@@ -427,7 +396,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                         self.builder_config.name, len(problems), problems[0].source, problems[0].error)
         if hasattr(self, "_jobs_and_captions"):  # not when the dataset was built already
             jobs, captions = self._jobs_and_captions
-            _warn_unmatched(self.builder_config.name, captions, _built_clip_ids(jobs, self._work_dir()))
+            warn_unmatched(self.builder_config.name, captions, _built_clip_ids(jobs, self._work_dir()))
         self._restore_alternative_formats()
         array_record = tfds.core.FileFormat.ARRAY_RECORD
         if self.info.file_format != tfds.core.FileFormat.TFRECORD or array_record in self.info.alternative_file_formats:
