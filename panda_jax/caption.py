@@ -21,7 +21,6 @@ Writes OUT/captions.jsonl, OUT/failures.jsonl and OUT/summary.json (clips/s, tok
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -33,7 +32,6 @@ import numpy as np
 from absl import flags
 
 from panda_jax import cli, clip_stage, stages
-from panda_jax.files import atomic_output
 from panda_jax.models import sharding
 from panda_jax.records import Caption, Clip, Failure, Problem, RecordError, Video, read_jsonl
 from panda_jax.teachers import Teacher, frames, from_config, prompts
@@ -60,17 +58,6 @@ def read_external(teacher: Teacher, clip_ids: set[str]) -> dict[str, str]:
     return captions
 
 
-@dataclasses.dataclass
-class Counters:
-    """What this process computed, for the summary."""
-
-    clips: int = 0
-    captions: int = 0
-    tokens: int = 0
-    compiles: int = 0
-    seconds: float = 0.0
-
-
 class CaptionStage:
     """The caption stage for panda_jax.stages: one shard per group of whole videos, giving `captions`."""
 
@@ -85,7 +72,7 @@ class CaptionStage:
         # What a clip's frames must hold: one frame (image teachers), and N frames per video teacher's N.
         self.one_frame = any(t.frames == 1 for t in models)
         self.frame_counts = sorted({t.frames for t in models if t.frames > 1})
-        self.counters = Counters()
+        self.counters = clip_stage.Counters()
         self._captioners: dict[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -97,19 +84,13 @@ class CaptionStage:
     def setup(self) -> None:
         if self._captioners is not None:
             return
-        import jax
         import jax.numpy as jnp
 
         from panda_jax.models import CheckpointError, captioner
         from panda_jax.teachers import tiny
 
-        def count_compiles(event: str, duration: float, **kwargs: Any) -> None:
-            if event == "/jax/core/compile/backend_compile_duration":
-                self.counters.compiles += 1
-
-        jax.monitoring.register_event_duration_secs_listener(count_compiles)
-        # Local devices only: on many hosts each process captions its own shards.
-        mesh = sharding.make_mesh(**sharding.parse_mesh(self.config.mesh), devices=jax.local_devices())
+        self.counters.count_compiles()
+        mesh = clip_stage.local_mesh(self.config.mesh)
         self._captioners = {}
         for teacher in self.teachers:
             if teacher.family == "external":
@@ -177,16 +158,9 @@ def side_text(video: Video, clip: Clip) -> dict[str, Any]:
 
 
 def _define_flags(flag_values: flags.FlagValues) -> None:
-    flags.DEFINE_string("clips", None, "the `clips` records to caption (split's clips.jsonl)", flag_values=flag_values)
-    flags.DEFINE_string("videos", None, "the `videos` records the clips come from (paths, title, description, "
-                        "subtitles)", flag_values=flag_values)  # fmt: skip
-    flags.DEFINE_string("out", None, "output folder (config field `out`)", flag_values=flag_values)
+    clip_stage.define_flags(flag_values, "the `clips` records to caption (split's clips.jsonl)", "clips per generate call")
     flags.DEFINE_string("teachers", None, "comma-separated teachers to run (config field `teacher_names`; "
                         "default: all of the config)", flag_values=flag_values)  # fmt: skip
-    flags.DEFINE_integer("batch_size", None, "clips per generate call (config field `batch_size`)", lower_bound=1,
-                         flag_values=flag_values)
-    flags.DEFINE_string("mesh", None, "device mesh, e.g. data=-1,model=2 (config field `mesh`)", flag_values=flag_values)
-    cli.define_distributed(flag_values)
 
 
 SHORTHANDS = {"out": "out", "teachers": "teacher_names", "batch_size": "batch_size", "mesh": "mesh"}
@@ -241,13 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "teachers": [t.name for t in teachers], "shards": summary.shards, "reused": summary.reused,
         "failed_shards": summary.failed, "clips_captioned": counters.clips, "captions": counters.captions,
         "generated_tokens": counters.tokens, "compiles": counters.compiles, "seconds": round(seconds, 3),
-        "clips_per_second": round(counters.clips / counters.seconds, 3) if counters.seconds else None,
-        "tokens_per_second": round(counters.tokens / counters.seconds, 3) if counters.seconds else None,
+        "clips_per_second": counters.per_second(counters.clips), "tokens_per_second": counters.per_second(counters.tokens),
         "merged": summary.merged,
     }  # fmt: skip
     if summary.merged:  # process 0 of a multi-host run, or the only process
-        with atomic_output(out / "summary.json") as temporary:
-            temporary.write_text(json.dumps(report, indent=2) + "\n")
+        clip_stage.write_summary(out, report)
     failed = summary.failed + len(problems)
     print(
         f"captioned {counters.clips} clips with {len(teachers)} teachers in {seconds:.1f} s "

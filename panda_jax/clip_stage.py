@@ -11,15 +11,21 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from absl import flags
 
-from panda_jax import stages
+from panda_jax import cli, stages
+from panda_jax.files import atomic_output
 from panda_jax.records import Clip, Failure, Problem, Video, read_records
 from panda_jax.video import io
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
 
 DECODE_THREADS = 4
 DECODE_ERRORS = (io.VideoError, OSError, IndexError, ValueError)
@@ -28,6 +34,58 @@ DECODE_ERRORS = (io.VideoError, OSError, IndexError, ValueError)
 ClipFrames = tuple[dict[str, Any], dict[Any, np.ndarray]]
 # (clip, start frame, end frame) → {need: frame indices}
 FrameNeeds = Callable[[dict[str, Any], int, int], Mapping[Any, Sequence[int]]]
+
+
+@dataclasses.dataclass
+class Counters:
+    """What this process computed, for the summary."""
+
+    clips: int = 0
+    captions: int = 0
+    tokens: int = 0
+    compiles: int = 0
+    seconds: float = 0.0  # spent processing shards
+
+    def count_compiles(self) -> None:
+        """Counts XLA compilations from now on, from JAX's backend-compile events."""
+        import jax
+
+        def listener(event: str, duration: float, **kwargs: Any) -> None:
+            if event == "/jax/core/compile/backend_compile_duration":
+                self.compiles += 1
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+
+    def per_second(self, amount: int) -> float | None:
+        return round(amount / self.seconds, 3) if self.seconds else None
+
+
+def local_mesh(spec: str) -> Mesh:
+    """The ('data', 'model') mesh `spec` names (`data=-1,model=1`) over this process's devices: on many
+    hosts each process works on its own shards."""
+    import jax
+
+    from panda_jax.models import sharding
+
+    return sharding.make_mesh(**sharding.parse_mesh(spec), devices=jax.local_devices())
+
+
+def write_summary(out: Path, report: Mapping[str, Any]) -> None:
+    """OUT/summary.json, atomically."""
+    with atomic_output(out / "summary.json") as temporary:
+        temporary.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def define_flags(flag_values: flags.FlagValues, clips_help: str, batch_help: str) -> None:
+    """The flags every stage over clips has: its inputs, output, batch, mesh and the distributed ones."""
+    flags.DEFINE_string("clips", None, clips_help, flag_values=flag_values)
+    flags.DEFINE_string("videos", None, "the `videos` records the clips come from (paths, title, description, "
+                        "subtitles)", flag_values=flag_values)  # fmt: skip
+    flags.DEFINE_string("out", None, "output folder (config field `out`)", flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", None, f"{batch_help} (config field `batch_size`)", lower_bound=1,
+                         flag_values=flag_values)  # fmt: skip
+    flags.DEFINE_string("mesh", None, "device mesh, e.g. data=-1,model=2 (config field `mesh`)", flag_values=flag_values)
+    cli.define_distributed(flag_values)
 
 
 def read_inputs(clips_path: str | Path, videos_path: str | Path, problems: list[Problem]) -> tuple[list[Clip], list[Video]]:

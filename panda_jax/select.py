@@ -22,8 +22,6 @@ and the matching-score histogram; with `--labels`, top-1 agreement and a confusi
 from __future__ import annotations
 
 import collections
-import dataclasses
-import json
 import logging
 import sys
 import time
@@ -35,12 +33,13 @@ import numpy as np
 from absl import flags
 
 from panda_jax import cli, clip_stage, selection_report, stages
-from panda_jax.files import atomic_output
 from panda_jax.models import checkpoint, sharding
 from panda_jax.records import Caption, Clip, Failure, Problem, Selection, Video, read_records
 from panda_jax.teachers import frames
 
 log = logging.getLogger("panda_jax.select")
+
+TRAINING_FIELDS = ("train", "loss")  # the retrieval config's training recipe: no part of a selection
 
 
 def read_captions(captions: Path, problems: list[Problem]) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -60,16 +59,6 @@ def read_captions(captions: Path, problems: list[Problem]) -> tuple[dict[str, di
     return dict(by_clip), list(teachers)
 
 
-@dataclasses.dataclass
-class Counters:
-    """What this process computed, for the summary."""
-
-    clips: int = 0
-    captions: int = 0
-    compiles: int = 0
-    seconds: float = 0.0
-
-
 class SelectStage:
     """The select stage for panda_jax.stages: one shard per group of whole videos, giving `selection`."""
 
@@ -79,29 +68,25 @@ class SelectStage:
 
     def __init__(self, config: Any, teachers: Sequence[str], checkpoint_dir: Path):
         self.config, self.teachers, self.checkpoint_dir = config, list(teachers), checkpoint_dir
-        self.counters = Counters()
+        self.counters = clip_stage.Counters()
         self._selector: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__ | {"_selector": None}  # a worker loads its own model
 
     def settings(self) -> dict[str, Any]:
-        return stages.output_settings(self.config) | {"teachers": self.teachers}
+        scoring = {k: v for k, v in stages.output_settings(self.config).items() if k not in TRAINING_FIELDS}
+        return scoring | {"teachers": self.teachers}
 
     def setup(self) -> None:
         if self._selector is not None:
             return
-        import jax
         import jax.numpy as jnp
 
         from panda_jax.models import CheckpointError, selector, video_retrieval
 
-        def count_compiles(event: str, duration: float, **kwargs: Any) -> None:
-            if event == "/jax/core/compile/backend_compile_duration":
-                self.counters.compiles += 1
-
-        jax.monitoring.register_event_duration_secs_listener(count_compiles)
-        mesh = sharding.make_mesh(**sharding.parse_mesh(self.config.mesh), devices=jax.local_devices())
+        self.counters.count_compiles()
+        mesh = clip_stage.local_mesh(self.config.mesh)
         video = video_retrieval.VideoConfig(max_frames=self.config.num_frames, temporal_layers=self.config.temporal_layers)
         log.info("loading the selector from %s", self.checkpoint_dir)
         try:
@@ -151,20 +136,14 @@ def checkpoint_folder(config: Any) -> Path:
 
 
 def _define_flags(flag_values: flags.FlagValues) -> None:
-    flags.DEFINE_string("clips", None, "the `clips` records whose captions to choose (split's clips.jsonl)",
-                        flag_values=flag_values)  # fmt: skip
-    flags.DEFINE_string("videos", None, "the `videos` records the clips come from", flag_values=flag_values)
+    clip_stage.define_flags(flag_values, "the `clips` records whose captions to choose (split's clips.jsonl)",
+                            "clips per scoring call")  # fmt: skip
     flags.DEFINE_string("captions", None, "the caption stage's output folder (or its captions.jsonl)",
                         flag_values=flag_values)  # fmt: skip
     flags.DEFINE_string("labels", None, "optional JSONL of {clip_id, teacher}: the caption people chose, for the "
                         "report's top-1 agreement and confusion table", flag_values=flag_values)  # fmt: skip
-    flags.DEFINE_string("out", None, "output folder (config field `out`)", flag_values=flag_values)
     flags.DEFINE_string("checkpoint", None, "the selector's checkpoint folder (config field `checkpoint`; "
                         "default: under `weights_dir`)", flag_values=flag_values)  # fmt: skip
-    flags.DEFINE_integer("batch_size", None, "clips per scoring call (config field `batch_size`)", lower_bound=1,
-                         flag_values=flag_values)  # fmt: skip
-    flags.DEFINE_string("mesh", None, "device mesh, e.g. data=-1,model=2 (config field `mesh`)", flag_values=flag_values)
-    cli.define_distributed(flag_values)
 
 
 SHORTHANDS = {"out": "out", "checkpoint": "checkpoint", "batch_size": "batch_size", "mesh": "mesh"}
@@ -231,11 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "teachers": teachers, "shards": summary.shards, "reused": summary.reused, "failed_shards": summary.failed,
             "clips_scored": counters.clips, "captions_scored": counters.captions, "compiles": counters.compiles,
             "seconds": round(seconds, 3),
-            "clips_per_second": round(counters.clips / counters.seconds, 3) if counters.seconds else None,
-            "merged": summary.merged, "report": numbers.to_dict(),
+            "clips_per_second": counters.per_second(counters.clips), "merged": summary.merged,
+            "report": numbers.to_dict(),
         }  # fmt: skip
-        with atomic_output(out / "summary.json") as temporary:
-            temporary.write_text(json.dumps(report, indent=2) + "\n")
+        clip_stage.write_summary(out, report)
         agreement = "" if numbers.agreement is None else f"; top-1 agreement with the labels {numbers.agreement:.1%}"
         print(f"selected captions of {numbers.clips} clips among {len(teachers)} teachers; "
               f"{numbers.strong_matches} above {config.threshold}{agreement}; report in {out / 'report.md'}")  # fmt: skip

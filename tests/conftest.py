@@ -78,6 +78,27 @@ def counter_video(tmp_path_factory) -> Callable[..., Path]:
     return make
 
 
+@pytest.fixture(scope="session")
+def clip_corpus(tmp_path_factory):
+    """Two synthetic videos whose events are the clips, plus a corrupt and a missing video with one clip each:
+    (folder with videos.jsonl and clips.jsonl, the corpus records, the clips). For the stages over clips."""
+    from panda_jax.data import synthetic
+    from panda_jax.records import Clip, write_jsonl
+
+    folder = tmp_path_factory.mktemp("clip_corpus")
+    records = synthetic.generate_corpus(folder, num_videos=2, seed=3, size=64, duration=8.0)
+    (folder / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 300)
+    videos = records + [{"video_id": "broken", "path": "videos/broken.mp4"}, {"video_id": "gone", "path": "videos/gone.mp4"}]
+    write_jsonl(folder / "videos.jsonl", videos)
+    clips = [
+        Clip(clip_id=f"{r['video_id']}.{i:04d}", video_id=r["video_id"], start=e["start_frame"] / r["fps"],
+             end=e["end_frame"] / r["fps"], start_frame=e["start_frame"], end_frame=e["end_frame"])
+        for r in records for i, e in enumerate(r["gt_events"])
+    ] + [Clip(clip_id=f"{v}.0000", video_id=v, start=0.0, end=1.0, start_frame=0, end_frame=24) for v in ("broken", "gone")]
+    write_jsonl(folder / "clips.jsonl", clips)
+    return folder, records, clips
+
+
 @pytest.fixture
 def broken(tmp_path, checkpoint_dir):
     """A copy of the module's `checkpoint_dir` checkpoint and its tensors; `write(tensors)` replaces the weights file."""

@@ -11,13 +11,11 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from panda_jax import caption
 from panda_jax.records import Caption, Clip, Failure, read_jsonl, read_records, write_jsonl
-from panda_jax.data import synthetic
 from panda_jax.teachers import prompts
 
 # One of each input: a frame, 4 frames with side text, side text alone. (`image_side_text` is
@@ -26,20 +24,8 @@ TEACHERS = ("image", "text", "video")
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """Two synthetic videos with their events as clips, plus a missing and a corrupt video."""
-    folder = tmp_path_factory.mktemp("caption_inputs")
-    records = synthetic.generate_corpus(folder, num_videos=2, seed=3, size=64, duration=8.0)
-    (folder / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 300)
-    videos = records + [{"video_id": "broken", "path": "videos/broken.mp4"}, {"video_id": "gone", "path": "videos/gone.mp4"}]
-    write_jsonl(folder / "videos.jsonl", videos)
-    clips = [
-        Clip(clip_id=f"{r['video_id']}.{i:04d}", video_id=r["video_id"], start=e["start_frame"] / r["fps"],
-             end=e["end_frame"] / r["fps"], start_frame=e["start_frame"], end_frame=e["end_frame"])
-        for r in records for i, e in enumerate(r["gt_events"])
-    ] + [Clip(clip_id=f"{v}.0000", video_id=v, start=0.0, end=1.0, start_frame=0, end_frame=24) for v in ("broken", "gone")]
-    write_jsonl(folder / "clips.jsonl", clips)
-    return folder, records, clips
+def inputs(clip_corpus):
+    return clip_corpus
 
 
 @pytest.fixture(scope="module")

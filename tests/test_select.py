@@ -16,26 +16,17 @@ import pytest
 from PIL import Image
 
 from panda_jax import select, selection_report
-from panda_jax.data import synthetic
 from panda_jax.records import Caption, Clip, Failure, Selection, read_jsonl, read_records, write_jsonl
 
 TEACHERS = ("image", "video", "text")
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """Two synthetic videos with their events as clips, a missing and a corrupt video, and three teachers'
-    captions: the image teacher's are the truth, one clip lacks the text teacher's, one clip has none."""
+def inputs(clip_corpus, tmp_path_factory):
+    """The shared clip corpus with three teachers' captions: the image teacher's are the truth, one clip lacks
+    the text teacher's, and one more clip has none."""
+    corpus, records, clips = clip_corpus
     folder = tmp_path_factory.mktemp("select_inputs")
-    records = synthetic.generate_corpus(folder, num_videos=2, seed=3, size=64, duration=8.0)
-    (folder / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 300)
-    videos = records + [{"video_id": "broken", "path": "videos/broken.mp4"}, {"video_id": "gone", "path": "videos/gone.mp4"}]
-    write_jsonl(folder / "videos.jsonl", videos)
-    clips = [
-        Clip(clip_id=f"{r['video_id']}.{i:04d}", video_id=r["video_id"], start=e["start_frame"] / r["fps"],
-             end=e["end_frame"] / r["fps"], start_frame=e["start_frame"], end_frame=e["end_frame"])
-        for r in records for i, e in enumerate(r["gt_events"])
-    ] + [Clip(clip_id=f"{v}.0000", video_id=v, start=0.0, end=1.0, start_frame=0, end_frame=24) for v in ("broken", "gone")]
     uncaptioned = Clip(clip_id=f"{records[0]['video_id']}.0099", video_id=records[0]["video_id"], start=0.0, end=1.0,
                        start_frame=0, end_frame=24)  # fmt: skip
     write_jsonl(folder / "clips.jsonl", [*clips, uncaptioned])
@@ -48,7 +39,7 @@ def inputs(tmp_path_factory):
         if number != 1:
             captions.append(Caption(clip_id=clip.clip_id, teacher="text", caption="a man walks in a park"))
     write_jsonl(folder / "captions.jsonl", captions)
-    return folder, clips, captions, uncaptioned
+    return folder, clips, captions, uncaptioned, corpus / "videos.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +48,8 @@ def weights(tmp_path_factory):
 
 
 def arguments(inputs, weights, out, *extra) -> list[str]:
-    folder = inputs[0]
-    return ["--clips", str(folder / "clips.jsonl"), "--videos", str(folder / "videos.jsonl"), "--captions",
+    folder, videos = inputs[0], inputs[4]
+    return ["--clips", str(folder / "clips.jsonl"), "--videos", str(videos), "--captions",
             str(folder / "captions.jsonl"), "--out", str(out), "--config=retrieval:tiny",
             f"--config.weights_dir={weights}", "--config.clips_per_shard=1", *extra]  # fmt: skip
 
@@ -71,7 +62,7 @@ def clean(inputs, weights, tmp_path_factory):
 
 
 def test_every_clip_gets_its_best_scored_caption_and_failures_say_why(inputs, clean):
-    folder, clips, captions, uncaptioned = inputs
+    folder, clips, captions, uncaptioned, _ = inputs
     said = {(c.clip_id, c.teacher): c.caption for c in captions}
     found = {s.clip_id: s for s in read_records(clean / "selection.jsonl", Selection)}
     good = [c.clip_id for c in clips if c.video_id not in ("broken", "gone")]
@@ -107,7 +98,7 @@ def test_the_report_says_what_the_records_say(clean):
 
 def test_a_rerun_reuses_every_score_and_a_changed_caption_rescores_only_its_video(inputs, weights, clean, tmp_path,
                                                                                   monkeypatch):  # fmt: skip
-    folder, clips, captions, _ = inputs
+    folder, clips, captions, _, _ = inputs
     out = tmp_path / "rerun"
     shutil.copytree(clean, out)
     scored = []
