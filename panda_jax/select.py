@@ -157,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail("give the output folder: --out DIR")
     if not all(flag_values[name].value for name in ("clips", "videos", "captions")):
         fail("give the clips, their videos and their captions: --clips clips.jsonl --videos videos.jsonl --captions DIR")
-    if flag_values["checkpoint"].present:  # a path given on the command line is the user's, from here
-        config.checkpoint = str(Path(config.checkpoint).expanduser().absolute())
+    if flag_values["checkpoint"].present:  # the user's folder, from here: read, never written with tiny weights
+        config.checkpoint, config.tiny = str(Path(config.checkpoint).expanduser().absolute()), ""
     problems: list[Problem] = []
     labels, label_problems = None, []
     try:

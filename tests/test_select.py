@@ -38,7 +38,7 @@ def inputs(clip_corpus, tmp_path_factory):
                      Caption(clip_id=clip.clip_id, teacher="video", caption="a red circle moves left on a blue background")]
         if number != 1:
             captions.append(Caption(clip_id=clip.clip_id, teacher="text", caption="a man walks in a park"))
-    write_jsonl(folder / "captions.jsonl", captions)
+    write_jsonl(folder / "caption" / "captions.jsonl", captions)  # as the caption stage leaves them
     return folder, clips, captions, uncaptioned, corpus / "videos.jsonl"
 
 
@@ -50,7 +50,7 @@ def weights(tmp_path_factory):
 def arguments(inputs, weights, out, *extra) -> list[str]:
     folder, videos = inputs[0], inputs[4]
     return ["--clips", str(folder / "clips.jsonl"), "--videos", str(videos), "--captions",
-            str(folder / "captions.jsonl"), "--out", str(out), "--config=retrieval:tiny",
+            str(folder / "caption"), "--out", str(out), "--config=retrieval:tiny",
             f"--config.weights_dir={weights}", "--config.clips_per_shard=1", *extra]  # fmt: skip
 
 
@@ -150,3 +150,18 @@ def test_a_killed_eight_device_run_resumes_to_the_one_device_records(inputs, wei
     ]
     for one, eight in zip(wanted, found):
         assert eight["scores"] == pytest.approx(one["scores"], abs=2e-6)
+
+
+def test_a_missing_checkpoint_or_captions_folder_stops_before_any_work(inputs, tmp_path, capsys):
+    out = tmp_path / "never"
+    for wrong, message in ((["--checkpoint", str(tmp_path / "nowhere")], "no selector checkpoint in"),
+                           (["--captions", str(tmp_path)], "no captions; make them with")):  # fmt: skip
+        command = arguments(inputs, tmp_path, out)
+        if wrong[0] == "--captions":
+            command[command.index("--captions") + 1] = wrong[1]
+        else:
+            command += wrong
+        with pytest.raises(SystemExit) as stopped:
+            select.main(command)
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
