@@ -44,13 +44,26 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
     config.max_text_tokens = 40  # captions are cut to this many tokens of the model's tokenizer
     config.threshold = 0.43  # Panda-70M: a matching probability above it is a strong match
 
-    # Training (panda_jax.train): the paper's fine-tuning recipe.
-    config.train = ml_collections.ConfigDict(dict(
-        image_size=224, crop_scale=(0.5, 1.0), learning_rate=2e-5, b1=0.9, b2=0.999, weight_decay=0.02,
-        batch_size=32, epochs=10,
+    # Training (python -m panda_jax.train --config=retrieval): the paper's fine-tuning recipe, a constant rate.
+    config.model = "retrieval"
+    config.data = ml_collections.ConfigDict(dict(
+        source="tfds", name="panda70m", data_dir="", split="train", eval_split="",
+        synthetic_videos=0, synthetic_eval_videos=0, synthetic_seed=0, synthetic_size=64,
     ))  # fmt: skip
-    # VTC negatives: the clip's other captions, and the captions of other clips of the batch.
-    config.loss = ml_collections.ConfigDict(dict(same_clip_weight=1.0, other_clip_weight=0.01, vtm_weight=1.0))
+    config.train = ml_collections.ConfigDict(dict(
+        num_frames=config.num_frames, image_size=224, crop_scale=(0.5, 1.0), batch_size=32, steps=0, epochs=10,
+        learning_rate=2e-5, warmup_init=2e-5, warmup_steps=0, end_learning_rate=2e-5, b1=0.9, b2=0.999,
+        weight_decay=0.02, grad_accumulation=1, dtype=config.dtype, mesh="data=-1,model=1", fsdp=False, seed=0,
+        log_every=50, eval_every=1_000, checkpoint_every=1_000, keep_checkpoints=3, workers=8,
+    ))  # fmt: skip
+    # VTC negatives: the clip's other captions, and the captions of other clips of the batch (pairs of clip and
+    # caption have no other captions: their in-batch negatives weigh `pair_weight`).
+    config.loss = ml_collections.ConfigDict(dict(same_clip_weight=1.0, other_clip_weight=0.01, pair_weight=1.0,
+                                                 vtm_weight=1.0))  # fmt: skip
+    if variant == "tiny":
+        config.data.update(source="synthetic", synthetic_videos=4, synthetic_eval_videos=1, synthetic_size=32)
+        config.train.update(image_size=28, batch_size=4, steps=40, epochs=0, learning_rate=1e-3, warmup_init=1e-3,
+                            end_learning_rate=1e-3, log_every=10, eval_every=20, checkpoint_every=10, workers=0)
 
     # The select stage.
     config.batch_size = 8  # clips per scoring call; batches are padded to powers of two up to it
@@ -58,5 +71,6 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
     config.mesh = "data=-1,model=1"  # ('data', 'model') device mesh; -1 takes the devices left
     # How a run goes, not what it makes.
     config.out = ""
+    config.workdir = ""  # of training
     config.workers = 1
     return config

@@ -4,7 +4,8 @@
 `load(directory, dtype, mesh=...)` refuses another architecture before reading any weight,
 names every missing, unexpected and misshaped tensor (and accepts saved `position_ids`
 buffers), computes in bfloat16 with float32 parameters, and gives every parameter logical
-axes the sharding rules place. The tiny configs are the model tests' own.
+axes the sharding rules place; and its slots lead back (`checkpoint.state_dict`,
+`save_pretrained`) to the very tensors it read. The tiny configs are the model tests' own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +196,26 @@ def module_of(architecture: str) -> ModuleType:
     return importlib.import_module(f"panda_jax.models.{models.ARCHITECTURES[architecture]}")
 
 
+def nothing_ignored(model: nnx.Module) -> tuple[str, ...]:
+    return ()
+
+
+# Each model file's slots and ignore rules for a checkpoint of its own, as its `load` fills the model.
+SLOTS = {
+    blip2: (blip2.blip2_slots, blip2.blip2_ignore),
+    blip2_retrieval: (blip2_retrieval.retrieval_slots, nothing_ignored),
+    blip2_vision: (lambda model: blip2_vision.vision_slots(model, ""), nothing_ignored),
+    qformer: (lambda model: qformer.qformer_slots(model, ""), nothing_ignored),
+    instructblip: (instructblip.instructblip_slots, instructblip.instructblip_ignore),
+    clip: (clip.clip_slots, nothing_ignored),
+    llama: (llama.llama_slots, llama.llama_ignore),
+    opt: (opt.opt_slots, nothing_ignored),
+    t5: (t5.t5_slots, t5.t5_ignore),
+    transnetv2: (transnetv2.transnetv2_slots, transnetv2.transnetv2_ignore),
+    lpips: (lpips.lpips_slots, nothing_ignored),
+}
+
+
 @pytest.fixture(scope="module")
 def configs() -> dict[str, dict[str, Any]]:
     """Every case's config.json, by architecture."""
@@ -286,3 +308,40 @@ def test_every_parameter_has_logical_axes_the_rules_place(loaded):
         axes = param.get_metadata().get("logical_axes")
         assert axes is not None and len(axes) == param.ndim, (path, axes)
         sharding.partition_spec(axes)  # raises for a name without a rule
+
+
+def test_export_covers_every_model_file():
+    assert set(SLOTS) == {module_of(architecture) for architecture in models.ARCHITECTURES}
+
+
+def test_export_state_dict_gives_back_the_tensors_read(case, saved, loaded):
+    """Every tensor the loader read, by its name, at its shape, bit for bit; the checkpoint's others are ignored by
+    rule. Fused variables (CLIP's q/k/v, TransNetV2's branches) are split back into their tensors."""
+    slots, ignore = SLOTS[module_of(case.architecture)]
+    exported = checkpoint.state_dict(loaded, slots(loaded))
+    tensors = load_file(saved / checkpoint.WEIGHTS_NAME)
+    rules = (checkpoint.POSITION_IDS, *ignore(loaded))
+    assert not set(exported) - set(tensors)
+    assert not [name for name in set(tensors) - set(exported) if not any(re.fullmatch(r, name) for r in rules)]
+    for name, array in exported.items():
+        assert (array.dtype, array.shape) == (np.float32, tensors[name].shape), name
+        np.testing.assert_array_equal(array, tensors[name], err_msg=name)
+
+
+def test_export_save_pretrained_then_load_gives_the_same_model(case, saved, loaded, tmp_path):
+    slots, _ = SLOTS[module_of(case.architecture)]
+    config = json.loads((saved / checkpoint.CONFIG_NAME).read_text())
+    reloaded = models.load(checkpoint.save_pretrained(tmp_path / "exported", config, loaded, slots(loaded)))
+    assert type(reloaded) is case.model_class
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(reloaded), nnx.state(loaded))
+
+
+def test_export_refuses_a_slot_without_its_inverse_slots_of_another_model_and_a_full_directory(tmp_path):
+    layer, other = (checkpoint.abstract(lambda: nnx.Linear(3, 2, rngs=nnx.Rngs(0))) for _ in range(2))
+    with pytest.raises(TypeError, match="states no inverse"):
+        checkpoint.Slot(layer.kernel, (2, 3), checkpoint.transpose)
+    with pytest.raises(CheckpointError, match="no checkpoint tensor fills (kernel, bias|bias, kernel)"):
+        checkpoint.state_dict(layer, checkpoint.linear_slots("fc", other))
+    (tmp_path / "old.txt").write_text("older weights")
+    with pytest.raises(FileExistsError, match="not empty"):
+        checkpoint.save_pretrained(tmp_path, {}, layer, checkpoint.linear_slots("fc", layer))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import cv2
@@ -121,6 +121,46 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _padded(ids: Sequence[int], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens, mask = np.full(length, pad_id, np.int32), np.zeros(length, np.int32)
+    tokens[: len(ids)], mask[: len(ids)] = ids, 1
+    return tokens, mask
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentText:
+    """The student captioner's text inputs, by its language model's tokenizer: the prompt (padded on the right
+    to `max_prompt_tokens`) and the caption (no BOS, then EOS, at most `max_caption_tokens`).
+
+    In training the subtitles and the metadata each stay in the prompt with probability
+    `keep_probability` (Panda-70M: 0.5), so the student learns to caption with and without them.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_prompt_tokens: int = 200
+    max_caption_tokens: int = 48
+    keep_probability: float = 0.5
+
+    def __call__(self, element: dict[str, Any], train: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        from panda_jax.teachers import prompts
+
+        side_text = prompts.SideText(*(" ".join(_text(element.get(field, "")).split())
+                                       for field in ("subtitles", "title", "description")))  # fmt: skip
+        keep = [not train or rng.random() < self.keep_probability for _ in range(2)]
+        prompt = prompts.student_prompt(side_text, subtitles=keep[0], metadata=keep[1])
+        pad = self.tokenizer.pad_token_id or 0
+        caption = _tokens(self.tokenizer, _text(element["caption"]))[: self.max_caption_tokens - 1]
+        prompt_ids, prompt_mask = _padded(_tokens(self.tokenizer, prompt)[: self.max_prompt_tokens],
+                                          self.max_prompt_tokens, pad)  # fmt: skip
+        caption_ids, caption_mask = _padded([*caption, self.tokenizer.eos_token_id], self.max_caption_tokens, pad)
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "caption_ids": caption_ids,
+                "caption_mask": caption_mask}  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipTransform(grain.transforms.RandomMap):
     """Turns one example dict into model inputs; picklable so grain workers can run it."""
@@ -135,6 +175,7 @@ class ClipTransform(grain.transforms.RandomMap):
     flip_probability: float = 0.5
     tokenizer: PreTrainedTokenizerBase | None = None
     max_text_tokens: int = 48
+    text: Callable[[dict[str, Any], bool, np.random.Generator], dict[str, np.ndarray]] | None = None
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         frames = np.asarray(element["frames"])
@@ -167,6 +208,8 @@ class ClipTransform(grain.transforms.RandomMap):
             )
             out["input_ids"] = tokens["input_ids"][0].astype(np.int32)
             out["attention_mask"] = tokens["attention_mask"][0].astype(np.int32)
+        if self.text is not None:
+            out |= self.text(element, self.train, rng)
         return out
 
 
@@ -192,6 +235,8 @@ def make_dataset(
     shard_count: int | None = None,
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
+    text: Callable[[dict[str, Any], bool, np.random.Generator], dict[str, np.ndarray]] | None = None,
 ) -> grain.IterDataset:
     """Builds the input pipeline; `iter()` of the result is a checkpointable iterator.
 
@@ -203,6 +248,8 @@ def make_dataset(
       tokenizer: when given, batches carry `input_ids` / `attention_mask` int32
         [B, max_text_tokens]; the raw caption is always in `caption` (bytes).
       worker_count: grain worker processes (0 reads in this process).
+      crop_scale: the area range of training's random-resized crop.
+      text: more text inputs from each example, e.g. `StudentText` (picklable, for the workers).
       num_epochs: passes over the data; None means forever when training and once for eval.
       shard_index, shard_count: this host's shard; default `jax.process_index()` / `jax.process_count()`.
         Training shards are cut to equal sizes; eval shards keep every example, so they may differ by one.
@@ -242,6 +289,8 @@ def make_dataset(
         std=tuple(std),
         tokenizer=tokenizer,
         max_text_tokens=max_text_tokens,
+        crop_scale=tuple(crop_scale),
+        text=text,
     )
     ds = ds.random_map(transform, seed=seed)
     iter_ds = ds.to_iter_dataset().batch(batch_size // shard_count, drop_remainder=train)

@@ -228,6 +228,11 @@ def blip2_slots(model: Blip2, prefix: str = "") -> dict[str, checkpoint.Slot]:
     )
 
 
+def blip2_ignore(model: Blip2, prefix: str = "") -> tuple[str, ...]:
+    """Tensors a BLIP-2 checkpoint may hold that the model does not read: its language model's (`LANGUAGE_MODELS`)."""
+    return LANGUAGE_MODELS[model.config.text_model_type].ignore(model.language_model, f"{prefix}language_model.")
+
+
 def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> Blip2:
     """A Blip2ForConditionalGeneration checkpoint directory (OPT, LLaMA or Flan-T5 language model) as a Flax model.
 
@@ -240,7 +245,5 @@ def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh |
     weights = checkpoint.SafetensorsCheckpoint(directory)
     config = Blip2Config.from_hf(hf_config, weights.names())
     model = checkpoint.abstract(lambda: Blip2(config, dtype=dtype, rngs=nnx.Rngs(0)))
-    language_model = LANGUAGE_MODELS[config.text_model_type]
-    ignore = language_model.ignore(model.language_model, "language_model.")
-    checkpoint.fill(weights, model, blip2_slots(model), ignore=ignore, what="BLIP-2", mesh=mesh)
+    checkpoint.fill(weights, model, blip2_slots(model), ignore=blip2_ignore(model), what="BLIP-2", mesh=mesh)
     return model

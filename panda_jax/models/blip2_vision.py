@@ -160,16 +160,12 @@ class VisionEncoder(nnx.Module):
         return self.post_layernorm(x)
 
 
-def _conv_kernel(weight: np.ndarray) -> np.ndarray:
-    return weight.transpose(2, 3, 1, 0)  # torch Conv2d (out, in, kh, kw) → Flax (kh, kw, in, out)
-
-
 def _qkv_kernel(weight: np.ndarray) -> np.ndarray:
     return weight.T.reshape(weight.shape[1], 3, -1)  # torch (3·d out, d in) → (d in, 3, d out)
 
 
-def _qkv_bias(bias: np.ndarray) -> np.ndarray:
-    return bias.reshape(3, -1)
+def _qkv_weight(kernel: np.ndarray) -> np.ndarray:
+    return kernel.reshape(kernel.shape[0], -1).T  # (d in, 3, d out) → torch (3·d out, d in)
 
 
 def vision_slots(model: VisionEncoder, prefix: str) -> dict[str, Slot]:
@@ -179,17 +175,18 @@ def vision_slots(model: VisionEncoder, prefix: str) -> dict[str, Slot]:
     patch, positions = embeddings.patch_embedding, embeddings.position_embedding
     p = patch.kernel.shape[0]
     slots = {
-        f"{prefix}embeddings.class_embedding": Slot(embeddings.class_embedding, (1, 1, d), lambda a: a.reshape(-1)),
-        f"{prefix}embeddings.position_embedding": Slot(positions, (1, *positions.shape), lambda a: a[0]),
-        f"{prefix}embeddings.patch_embedding.weight": Slot(patch.kernel, (d, 3, p, p), _conv_kernel),
+        f"{prefix}embeddings.class_embedding": Slot.reshaped(embeddings.class_embedding, (1, 1, d)),
+        f"{prefix}embeddings.position_embedding": Slot.reshaped(positions, (1, *positions.shape)),
+        # torch Conv2d (out, in, kh, kw) → Flax (kh, kw, in, out)
+        f"{prefix}embeddings.patch_embedding.weight": Slot.permuted(patch.kernel, (d, 3, p, p), (2, 3, 1, 0)),
         f"{prefix}embeddings.patch_embedding.bias": Slot(patch.bias, (d,)),
     }
     for i, layer in enumerate(model.layers):
         name = f"{prefix}encoder.layers.{i}"
         attn = layer.self_attn
-        slots[f"{name}.self_attn.qkv.weight"] = Slot(attn.qkv_kernel, (3 * d, d), _qkv_kernel)
+        slots[f"{name}.self_attn.qkv.weight"] = Slot(attn.qkv_kernel, (3 * d, d), _qkv_kernel, _qkv_weight)
         if attn.qkv_bias is not None:
-            slots[f"{name}.self_attn.qkv.bias"] = Slot(attn.qkv_bias, (3 * d,), _qkv_bias)
+            slots[f"{name}.self_attn.qkv.bias"] = Slot.reshaped(attn.qkv_bias, (3 * d,))
         slots |= checkpoint.linear_slots(f"{name}.self_attn.projection", attn.projection)
         slots |= checkpoint.layer_norm_slots(f"{name}.layer_norm1", layer.layer_norm1)
         slots |= checkpoint.layer_norm_slots(f"{name}.layer_norm2", layer.layer_norm2)

@@ -13,6 +13,10 @@ Only safetensors are read: they hold nothing but arrays, so an untrusted checkpo
 code. `read_config` checks the model type and architecture before any weight is opened.
 Weights that come from elsewhere (TransNetV2's and LPIPS' PyTorch files) are converted once
 into such a directory (`save`), so that every model loads the same way.
+
+The way back uses the same slots: each states the inverse of its conversion (`Slot.revert`),
+so `state_dict` gives a model's tensors as the checkpoint held them and `save_pretrained`
+writes a directory that transformers and these loaders read, e.g. after training.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
@@ -77,15 +82,22 @@ def read_config(
     return config
 
 
-def save(directory: str | os.PathLike, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> Path:
-    """Writes a checkpoint directory (`config.json`, `model.safetensors`) for weights converted from elsewhere.
+def save(
+    directory: str | os.PathLike,
+    config: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Writes a checkpoint directory (`config.json`, `model.safetensors` with `metadata` in its header).
 
     Written beside `directory` and renamed into place (`files.atomic_directory`), so a concurrent
     reader or writer never sees half of one; if another writer got there first, theirs is kept.
     """
     with atomic_directory(directory) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        save_file({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(tmp / WEIGHTS_NAME))
+        arrays = {name: np.asarray(array, order="C") for name, array in tensors.items()}  # 0-d stays 0-d
+        save_file(arrays, str(tmp / WEIGHTS_NAME), metadata=None if metadata is None else dict(metadata))
     return Path(directory)
 
 
@@ -152,31 +164,56 @@ class SafetensorsCheckpoint:
                     yield name, f.get_tensor(name)
 
 
+def identity(array: np.ndarray) -> np.ndarray:
+    """The tensor as it is: the conversion of a tensor laid out as its variable, and its own inverse."""
+    return array
+
+
+def transpose(array: np.ndarray) -> np.ndarray:
+    """A torch Linear weight (out, in) as a Flax kernel (in, out), and back: its own inverse."""
+    return array.T
+
+
 @dataclass(frozen=True)
 class Slot:
-    """Where one checkpoint tensor goes: into `variable`, after `convert`.
+    """Where one checkpoint tensor goes: into `variable`, after `convert`; and back, by `revert`.
 
     `shape` is the tensor's shape in the checkpoint. Tensors that share a variable (a fused
     projection, a stack of layers) give `part`: their converted values are concatenated along
-    `axis` in the order of `part`.
+    `axis` in the order of `part`. `revert` is the inverse of `convert`: from the variable's
+    layout (a part's slice of it) back to the checkpoint's. A slot that converts must state it,
+    or it is refused when made: a forgotten inverse would otherwise write a wrong checkpoint
+    silently. `reshaped` and `permuted` make the common pairs.
     """
 
     variable: nnx.Variable
     shape: tuple[int, ...]
-    convert: Callable[[np.ndarray], np.ndarray] = lambda array: array
+    convert: Callable[[np.ndarray], np.ndarray] = identity
+    revert: Callable[[np.ndarray], np.ndarray] = identity
     part: int | None = None
     axis: int = -1
 
+    def __post_init__(self) -> None:
+        if self.convert is not identity and self.revert is identity:
+            raise TypeError(f"a Slot of shape {self.shape} converts its tensor but states no inverse (revert)")
 
-def transpose(array: np.ndarray) -> np.ndarray:
-    """A torch Linear weight (out, in) as a Flax kernel (in, out)."""
-    return array.T
+    @classmethod
+    def reshaped(cls, variable: nnx.Variable, shape: tuple[int, ...]) -> Slot:
+        """A tensor that fills its variable reshaped, e.g. a [1, n, d] embedding into an [n, d] one."""
+        into = tuple(variable.shape)
+        return cls(variable, shape, lambda array: array.reshape(into), lambda array: array.reshape(shape))
+
+    @classmethod
+    def permuted(cls, variable: nnx.Variable, shape: tuple[int, ...], axes: tuple[int, ...]) -> Slot:
+        """A tensor that fills its variable with its axes in the order `axes`, e.g. a torch convolution's kernel."""
+        back = tuple(int(axis) for axis in np.argsort(axes))
+        return cls(variable, shape, lambda array: array.transpose(axes), lambda array: array.transpose(back))
 
 
 def linear_slots(prefix: str, layer: nnx.Linear) -> dict[str, Slot]:
     """Slots of a torch `nn.Linear` named `prefix` (weight, and bias if the layer has one)."""
     in_features, out_features = layer.kernel.shape
-    slots = {f"{prefix}.weight": Slot(layer.kernel, (out_features, in_features), transpose)}
+    slots = {f"{prefix}.weight": Slot(layer.kernel, (out_features, in_features), transpose, transpose)}
     if layer.bias is not None:
         slots[f"{prefix}.bias"] = Slot(layer.bias, (out_features,))
     return slots
@@ -227,14 +264,7 @@ def fill(
     one tensor at a time (the pieces of one fused variable, at most).
     """
     accepted = re.compile("|".join(f"(?:{pattern})" for pattern in (POSITION_IDS, *ignore)))
-    targets = {id(slot.variable) for slot in slots.values()}
-    unfilled = [
-        ".".join(map(str, path))
-        for path, node in nnx.iter_graph(model)
-        if isinstance(node, nnx.Param) and id(node) not in targets
-    ]
-    if unfilled:  # a loader bug, not a bad checkpoint
-        raise CheckpointError(f"{what}: no checkpoint tensor fills {', '.join(unfilled)}")
+    _check_every_parameter_has_a_slot(model, slots, what)
     shapes = checkpoint.shapes()
     problems = []
     missing = sorted(set(slots) - set(shapes))
@@ -265,12 +295,105 @@ def fill(
             _place(slot.variable, fused, name, dtype, mesh)
 
 
+def _check_every_parameter_has_a_slot(model: nnx.Module, slots: Mapping[str, Slot], what: str) -> None:
+    """Raises CheckpointError naming the parameters of `model` no slot names: a model file's bug, not a bad
+    checkpoint (or, writing, slots made from another instance of the model)."""
+    targets = {id(slot.variable) for slot in slots.values()}
+    unfilled = [
+        ".".join(map(str, path))
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, nnx.Param) and id(node) not in targets
+    ]
+    if unfilled:
+        raise CheckpointError(f"{what}: no checkpoint tensor fills {', '.join(unfilled)}")
+
+
 def _place(variable: nnx.Variable, value: np.ndarray, name: str, dtype: Any, mesh: Mesh | None) -> None:
     expected = tuple(variable.shape)
     if value.shape != expected:  # a loader bug, not a bad checkpoint
         raise CheckpointError(f"{name} converts to shape {value.shape}, but the variable is {expected}")
     value = np.asarray(value, dtype)
     variable.set_value(jnp.asarray(value) if mesh is None else jax.device_put(value, variable_sharding(variable, mesh)))
+
+
+def state_dict(model: nnx.Module, slots: Mapping[str, Slot]) -> dict[str, np.ndarray]:
+    """Every slot's tensor as the checkpoint holds it: name → float32 host array of `slot.shape`, in `slots`' order.
+
+    The inverse of `fill`: `slots` are the model file's for `model` itself (its variables, not
+    another instance's: every parameter must have a slot, or CheckpointError names it), and
+    each variable is brought to the host and `revert`ed. A fused variable is split along its
+    `axis` into its parts, in `part` order, each as wide as `convert` makes that part's tensor
+    (`_converted_shape`). Every array owns its memory, so tensors that share a variable are
+    written as separate copies (safetensors refuses shared storage). Variables sharded over
+    several hosts are gathered (`process_allgather`), so every process must call this then.
+    """
+    _check_every_parameter_has_a_slot(model, slots, "the model")
+    fused: dict[int, list[tuple[str, Slot]]] = {}
+    tensors = {}
+    for name, slot in slots.items():
+        if slot.part is None:
+            tensors[name] = _reverted(name, slot, _on_host(slot.variable))
+        else:
+            fused.setdefault(id(slot.variable), []).append((name, slot))
+    for members in fused.values():
+        members.sort(key=lambda member: member[1].part)
+        axis = members[0][1].axis
+        value = _on_host(members[0][1].variable)
+        widths = [_converted_shape(slot)[axis] for _, slot in members]
+        if sum(widths) != value.shape[axis]:  # a model file's bug
+            names = ", ".join(name for name, _ in members)
+            raise CheckpointError(f"{names} convert to widths {widths} along axis {axis} of a {value.shape} variable")
+        pieces = np.split(value, np.cumsum(widths)[:-1], axis=axis)
+        for (name, slot), piece in zip(members, pieces):
+            tensors[name] = _reverted(name, slot, piece)
+    return {name: tensors[name] for name in slots}
+
+
+def save_pretrained(
+    directory: str | os.PathLike,
+    config: Mapping[str, Any],
+    model: nnx.Module,
+    slots: Mapping[str, Slot],
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Writes `model` as a checkpoint directory (`config`, its `state_dict`) that transformers and `load` read.
+
+    The header's metadata is `{"format": "pt"}` (the tensors are named and laid out as
+    PyTorch's, and transformers refuses safetensors of another format) updated by `metadata`.
+    Written atomically by `save`. Refuses a `directory` that is there and not empty: `save`
+    would keep what it holds, and an export must not silently leave older weights in place.
+    """
+    path = Path(directory)
+    if path.is_dir() and any(path.iterdir()):
+        raise FileExistsError(f"{path} is not empty; not writing the model over it")
+    return save(path, config, state_dict(model, slots), metadata={"format": "pt"} | dict(metadata or {}))
+
+
+def _on_host(variable: nnx.Variable) -> np.ndarray:
+    """The variable's value, float32, on this host: gathered from every host when it is sharded over several."""
+    value = variable.get_value()
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        value = multihost_utils.process_allgather(value, tiled=True)
+    return np.asarray(jax.device_get(value), np.float32)
+
+
+def _converted_shape(slot: Slot) -> tuple[int, ...]:
+    """The shape `slot.convert` gives its tensor, computed on a broadcast zero of the tensor's shape.
+
+    That view has zero strides and owns one element: the transposes, reshapes and indexing that
+    converts are made of stay views of it, so no array of the tensor's size is made (a convert
+    that computes would make one, as loading does).
+    """
+    return np.shape(slot.convert(np.broadcast_to(np.float32(0), slot.shape)))
+
+
+def _reverted(name: str, slot: Slot, value: np.ndarray) -> np.ndarray:
+    """`slot.revert(value)` as a C-ordered float32 copy of the checkpoint's shape."""
+    tensor = np.array(slot.revert(value), np.float32, order="C")
+    if tensor.shape != tuple(slot.shape):  # a model file's bug
+        raise CheckpointError(f"{name} reverts to shape {tensor.shape}, but the checkpoint's is {tuple(slot.shape)}")
+    return tensor
 
 
 def abstract(build: Callable[[], nnx.Module]) -> nnx.Module:

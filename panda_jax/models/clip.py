@@ -368,12 +368,20 @@ def preprocess(images: jax.Array, size: int = 224) -> jax.Array:
 # --- Loading a Hugging Face checkpoint ------------------------------------------------------
 
 
-def _qkv_weight(array: np.ndarray) -> np.ndarray:
-    return array.T[:, None, :]  # torch (out, in) → (in, 1, out), one of the fused three
+def _qkv_kernel(weight: np.ndarray) -> np.ndarray:
+    return weight.T[:, None, :]  # torch (out, in) → (in, 1, out), one of the fused three
 
 
-def _qkv_bias(array: np.ndarray) -> np.ndarray:
-    return array[None, :]
+def _qkv_weight(kernel: np.ndarray) -> np.ndarray:
+    return kernel[:, 0, :].T  # (in, 1, out), one of the fused three → torch (out, in)
+
+
+def _qkv_bias(bias: np.ndarray) -> np.ndarray:
+    return bias[None, :]
+
+
+def _unfused_bias(bias: np.ndarray) -> np.ndarray:
+    return bias[0]  # (1, out), one of the fused three → torch (out,)
 
 
 def encoder_slots(encoder: CLIPEncoder, prefix: str) -> dict[str, Slot]:
@@ -383,8 +391,9 @@ def encoder_slots(encoder: CLIPEncoder, prefix: str) -> dict[str, Slot]:
         name = f"{prefix}layers.{i}."
         qkv, width = layer.self_attn.qkv, layer.self_attn.out_proj.kernel.shape[0]
         for part, projection in enumerate(("q_proj", "k_proj", "v_proj")):
-            slots[f"{name}self_attn.{projection}.weight"] = Slot(qkv.kernel, (width, width), _qkv_weight, part, axis=1)
-            slots[f"{name}self_attn.{projection}.bias"] = Slot(qkv.bias, (width,), _qkv_bias, part, axis=0)
+            weight, bias = f"{name}self_attn.{projection}.weight", f"{name}self_attn.{projection}.bias"
+            slots[weight] = Slot(qkv.kernel, (width, width), _qkv_kernel, _qkv_weight, part, axis=1)
+            slots[bias] = Slot(qkv.bias, (width,), _qkv_bias, _unfused_bias, part, axis=0)
         slots |= checkpoint.linear_slots(f"{name}self_attn.out_proj", layer.self_attn.out_proj)
         slots |= checkpoint.layer_norm_slots(f"{name}layer_norm1", layer.layer_norm1)
         slots |= checkpoint.layer_norm_slots(f"{name}layer_norm2", layer.layer_norm2)
@@ -393,16 +402,13 @@ def encoder_slots(encoder: CLIPEncoder, prefix: str) -> dict[str, Slot]:
     return slots
 
 
-def _patch_kernel(array: np.ndarray) -> np.ndarray:
-    return array.transpose(1, 2, 3, 0)  # torch conv (embed, channels, p, p) → (channels, p, p, embed)
-
-
 def clip_vision_slots(tower: CLIPVisionTower, prefix: str) -> dict[str, Slot]:
     """Slots of a Hugging Face CLIPVisionTransformer named `prefix` (e.g. "vision_model.")."""
     channels, p, _, width = tower.patch_kernel.shape
     embeddings = f"{prefix}embeddings."
     return {
-        f"{embeddings}patch_embedding.weight": Slot(tower.patch_kernel, (width, channels, p, p), _patch_kernel),
+        # torch conv (embed, channels, p, p) → (channels, p, p, embed)
+        f"{embeddings}patch_embedding.weight": Slot.permuted(tower.patch_kernel, (width, channels, p, p), (1, 2, 3, 0)),
         f"{embeddings}class_embedding": Slot(tower.class_embedding, (width,)),
         **checkpoint.embedding_slots(f"{embeddings}position_embedding", tower.position_embedding),
         **checkpoint.layer_norm_slots(f"{prefix}pre_layrnorm", tower.pre_layrnorm),

@@ -215,6 +215,11 @@ def instructblip_slots(model: InstructBlip, prefix: str = "") -> dict[str, check
     )
 
 
+def instructblip_ignore(model: InstructBlip, prefix: str = "") -> tuple[str, ...]:
+    """Tensors an InstructBLIP checkpoint may hold that the model does not read: its LLaMA's (`llama_ignore`)."""
+    return llama_ignore(model.language_model, f"{prefix}language_model.")
+
+
 def load_tokenizers(directory: str | os.PathLike) -> tuple[Any, Any]:
     """(LLaMA tokenizer, Q-Former BERT tokenizer) as InstructBLIP's processor saves them: the first in
     the checkpoint directory (with the '<image>' / '<video>' placeholder token added), the second in
@@ -234,7 +239,7 @@ def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh |
         checkpoint.SafetensorsCheckpoint(directory),
         model,
         instructblip_slots(model),
-        ignore=llama_ignore(model.language_model, "language_model."),
+        ignore=instructblip_ignore(model),
         what="InstructBLIP-Video" if config.video else "InstructBLIP",
         mesh=mesh,
     )

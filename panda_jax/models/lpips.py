@@ -152,15 +152,12 @@ def consecutive_distances(model: LPIPS, images: jax.Array) -> jax.Array:
 # --- Loading PyTorch weights --------------------------------------------------------------
 
 
-def _conv(weight: np.ndarray) -> np.ndarray:
-    return weight.transpose(2, 3, 1, 0)  # (out, in, kh, kw) → (kh, kw, in, out)
-
-
 def _alexnet_slots(model: LPIPS) -> dict[str, Slot]:
     slots = {}
     for index, conv in zip(FEATURE_INDICES, model.backbone.convs):
         kh, kw, c_in, c_out = conv.kernel.shape
-        slots[f"features.{index}.weight"] = Slot(conv.kernel, (c_out, c_in, kh, kw), _conv)
+        # (out, in, kh, kw) → (kh, kw, in, out)
+        slots[f"features.{index}.weight"] = Slot.permuted(conv.kernel, (c_out, c_in, kh, kw), (2, 3, 1, 0))
         slots[f"features.{index}.bias"] = Slot(conv.bias, (c_out,))
     return slots
 
@@ -168,9 +165,14 @@ def _alexnet_slots(model: LPIPS) -> dict[str, Slot]:
 def _head_slots(model: LPIPS) -> dict[str, Slot]:
     # In lpips, model.0 is a Dropout (absent at inference) and model.1 the 1×1 convolution.
     return {
-        f"lin{i}.model.1.weight": Slot(head.kernel, (1, head.kernel.shape[0], 1, 1), lambda w: w.reshape(-1, 1))
+        f"lin{i}.model.1.weight": Slot.reshaped(head.kernel, (1, head.kernel.shape[0], 1, 1))
         for i, head in enumerate(model.heads)
     }
+
+
+def lpips_slots(model: LPIPS) -> dict[str, Slot]:
+    """The checkpoint tensor name of every parameter of `model`: torchvision's AlexNet `features.*`, lpips' heads."""
+    return _alexnet_slots(model) | _head_slots(model)
 
 
 def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> LPIPS:
@@ -189,7 +191,7 @@ def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh |
     negative = [name for name, array in weights.read(sorted(heads.keys() & weights.names())) if np.min(array) < 0]
     if negative:
         raise CheckpointError(f"{directory}: LPIPS heads must be non-negative; these are not: {', '.join(negative)}")
-    checkpoint.fill(weights, model, _alexnet_slots(model) | heads, what="LPIPS", mesh=mesh)
+    checkpoint.fill(weights, model, lpips_slots(model), what="LPIPS", mesh=mesh)
     return model
 
 

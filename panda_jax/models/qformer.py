@@ -141,14 +141,19 @@ class QFormerLayer(nnx.Module):
         self.text_feed_forward = FeedForward(config, dtype=dtype, rngs=rngs) if config.text_input else None
 
     def __call__(
-        self, x: jax.Array, key_mask: jax.Array | None, image_embeds: jax.Array | None, num_queries: int
+        self,
+        x: jax.Array,
+        key_mask: jax.Array | None,
+        image_embeds: jax.Array | None,
+        num_queries: int,
+        image_mask: jax.Array | None = None,
     ) -> jax.Array:
         x = self.attention(x, x, key_mask)
         queries, text = x[:, :num_queries], x[:, num_queries:]
         outputs = []
         if num_queries:
             if self.crossattention is not None:
-                queries = self.crossattention(queries, image_embeds)
+                queries = self.crossattention(queries, image_embeds, image_mask)
             outputs.append(self.query_feed_forward(queries))
         if text.shape[1]:
             outputs.append(self.text_feed_forward(text))
@@ -169,7 +174,7 @@ class QueryTokens(nnx.Module):
 
 def query_token_slots(tokens: QueryTokens, name: str = "query_tokens") -> dict[str, Slot]:
     """The slot of Hugging Face's `query_tokens` [1, queries, hidden]."""
-    return {name: Slot(tokens.embedding, (1, *tokens.embedding.shape), lambda a: a[0])}
+    return {name: Slot.reshaped(tokens.embedding, (1, *tokens.embedding.shape))}
 
 
 class QFormer(nnx.Module):
@@ -195,6 +200,7 @@ class QFormer(nnx.Module):
         image_embeds: jax.Array | None,
         input_ids: jax.Array | None = None,
         attention_mask: jax.Array | None = None,
+        image_mask: jax.Array | None = None,
     ) -> jax.Array:
         """Runs the Q-Former.
 
@@ -204,6 +210,8 @@ class QFormer(nnx.Module):
         input_ids: [batch, text] token ids (positions count from 0 after the queries), or None.
         attention_mask: [batch, text], 1 (or True) for real tokens and 0 for padding; the
             queries are always attended to. None: every token is real.
+        image_mask: [batch, patches], which of `image_embeds` the queries may attend to (the
+            student's text Q-Former reads a padded prompt there). None: all.
         """
         if query_embeds is None and input_ids is None:
             raise ValueError("the Q-Former needs query_embeds, input_ids or both")
@@ -222,7 +230,7 @@ class QFormer(nnx.Module):
                 key_mask = jnp.concatenate([query_mask, attention_mask.astype(bool)], axis=1)
         x = self.layernorm(jnp.concatenate(parts, axis=1))
         for layer in self.layers:
-            x = layer(x, key_mask, image_embeds, num_queries)
+            x = layer(x, key_mask, image_embeds, num_queries, None if image_mask is None else image_mask.astype(bool))
         return x
 
 

@@ -270,6 +270,14 @@ def _conv_3x1x1(weight: np.ndarray) -> np.ndarray:
     return weight[..., 0].transpose(2, 3, 1, 0)  # (out, in, 3, 1, 1) → (3, 1, in, out)
 
 
+def _torch_1x3x3(kernel: np.ndarray) -> np.ndarray:
+    return kernel.transpose(3, 2, 0, 1)[:, :, None]  # (3, 3, in, out) → (out, in, 1, 3, 3)
+
+
+def _torch_3x1x1(kernel: np.ndarray) -> np.ndarray:
+    return kernel.transpose(3, 2, 0, 1)[..., None]  # (3, 1, in, out) → (out, in, 3, 1, 1)
+
+
 def transnetv2_slots(model: TransNetV2) -> dict[str, Slot]:
     """The PyTorch state-dict name of every parameter of `model`, and where it goes.
 
@@ -285,10 +293,10 @@ def transnetv2_slots(model: TransNetV2) -> dict[str, Slot]:
             for part, (dilation, temporal) in enumerate(zip(DILATIONS, block.temporal)):
                 branch = f"{prefix}.Conv3D_{dilation}.layers"
                 slots[f"{branch}.0.weight"] = Slot(
-                    block.spatial_kernel, (branch_out, in_features, 1, 3, 3), _conv_1x3x3, part
+                    block.spatial_kernel, (branch_out, in_features, 1, 3, 3), _conv_1x3x3, _torch_1x3x3, part
                 )
                 _, _, t_in, t_out = temporal.kernel.shape
-                slots[f"{branch}.1.weight"] = Slot(temporal.kernel, (t_out, t_in, 3, 1, 1), _conv_3x1x1)
+                slots[f"{branch}.1.weight"] = Slot(temporal.kernel, (t_out, t_in, 3, 1, 1), _conv_3x1x1, _torch_3x1x1)
             features = block.bn.scale.shape
             for torch_name, variable in [
                 ("weight", block.bn.scale), ("bias", block.bn.bias),

@@ -83,3 +83,26 @@ def build_prompt(
         description=truncate(side_text.description, budgets.description, count_tokens),
     )
     return prompt, VERSION_WITH_SIDE_TEXT
+
+
+# The student captioner's prompts (Panda-70M's student), character for character.
+STUDENT_WITH_SIDE_TEXT_HEAD = "Some information about a video you will get:"
+STUDENT_TRANSCRIPTION = "Transcription: {subtitles}"
+STUDENT_METADATA = "Metadata: ['{title}', '{description}']"
+STUDENT_WITH_SIDE_TEXT_TAIL = "Please look at the video and faithfully summarize it in one sentence."
+STUDENT_WITHOUT_SIDE_TEXT = "Please faithfully summarize the following video in one sentence."
+
+
+def student_prompt(side_text: SideText | None, subtitles: bool = True, metadata: bool = True) -> str:
+    """The student's prompt: the transcription and the metadata lines where kept and present (training keeps
+    each with probability 0.5), else the plain prompt."""
+    if side_text is None:
+        return STUDENT_WITHOUT_SIDE_TEXT
+    lines = []
+    if subtitles and side_text.subtitles:
+        lines.append(STUDENT_TRANSCRIPTION.format(subtitles=side_text.subtitles))
+    if metadata and (side_text.title or side_text.description):
+        lines.append(STUDENT_METADATA.format(title=side_text.title, description=side_text.description))
+    if not lines:
+        return STUDENT_WITHOUT_SIDE_TEXT
+    return "\n".join([STUDENT_WITH_SIDE_TEXT_HEAD, *lines, STUDENT_WITH_SIDE_TEXT_TAIL])

@@ -19,9 +19,11 @@ Submodules, each importing only those above it:
   text      captions, titles, descriptions and (noisy) subtitles;
   sampling  `sample_video_spec`: a VideoSpec from (seed, index);
   render    `render_frames` and `write_video`;
-  corpus    `generate_corpus` and the command line `main`.
+  corpus    `generate_corpus` and the command line `main`;
+  clips     `SyntheticClips`: the events as in-memory training examples, shaped like `panda70m`'s.
 """
 
+from panda_jax.data.synthetic.clips import SyntheticClips
 from panda_jax.data.synthetic.corpus import generate_corpus
 from panda_jax.data.synthetic.render import render_frames, write_video
 from panda_jax.data.synthetic.sampling import sample_video_spec
@@ -32,7 +34,7 @@ from panda_jax.data.synthetic.spec import (
 
 __all__ = [
     "ACTIONS", "BACKGROUNDS", "MAX_EVENTS", "MAX_SHOTS", "MIN_DURATION", "MIN_EVENT_SECONDS",
-    "MIN_SHOT_SECONDS", "OBJECT_COLORS", "PALETTE", "SHAPES", "SIZES", "SUBTITLE_NOISE",
+    "MIN_SHOT_SECONDS", "OBJECT_COLORS", "PALETTE", "SHAPES", "SIZES", "SUBTITLE_NOISE", "SyntheticClips",
     "TRANSITIONS", "VideoSpec", "generate_corpus", "render_frames", "sample_video_spec",
     "write_video",
 ]

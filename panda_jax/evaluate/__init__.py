@@ -1,0 +1,16 @@
+"""How good the pipeline's outputs are, in the numbers the Panda-70M paper and its peers report.
+
+    captions   caption_metrics       BLEU-4, METEOR, ROUGE-L, CIDEr of predicted captions (pycocoevalcap, Java)
+    retrieval  recall_at_k           R@1/5/10 text-to-video and video-to-text, median ranks, from a similarity matrix
+    selection  selection_agreement   top-1 agreement of the selected teachers with people's labels
+
+`python -m panda_jax.evaluate --task captions|selection|retrieval` computes each from files.
+"""
+
+from __future__ import annotations
+
+from panda_jax.evaluate.captions import caption_metrics
+from panda_jax.evaluate.retrieval import recall_at_k
+from panda_jax.evaluate.selection import selection_agreement
+
+__all__ = ["caption_metrics", "recall_at_k", "selection_agreement"]
