@@ -10,6 +10,7 @@ model to train is adding one function to `TASKS`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,141 @@ def retrieval_task(config: Any, mesh: Any) -> Task:
     return Task(model, nnx.Param, loss, {"tokenizer": tokenizer, "max_text_tokens": config.max_text_tokens})
 
 
-TASKS = {"student": student_task, "retrieval": retrieval_task}
+# config.captioner.shape → the panda_jax.teachers.tiny kind whose checkpoint layout it has (its language model
+# config.captioner.language's), and the frames it reads (None: any number, the config's).
+CAPTIONER_SHAPES = {"blip2": ("blip2_opt", 1), "instructblip": ("instructblip", 1),
+                    "instructblip_video": ("instructblip_video", None), "language_model": ("opt", 0)}  # fmt: skip
+
+
+def captioner_kind(shape: str, language: str) -> Any:
+    """The `tiny.Kind` (architecture, config reader, module, slots, placeholder) of a captioner of `shape` around
+    an OPT or LLaMA `language` model; refuses what no released checkpoint has (InstructBLIP around OPT)."""
+    from panda_jax.models import llama
+    from panda_jax.teachers import tiny
+
+    if shape not in CAPTIONER_SHAPES:
+        raise ValueError(f"captioner.shape must be one of {', '.join(CAPTIONER_SHAPES)}, not {shape!r}")
+    if language not in ("opt", "llama") or (shape.startswith("instructblip") and language != "llama"):
+        allowed = "llama" if shape.startswith("instructblip") else "opt or llama"
+        raise ValueError(f"a {shape} captioner's captioner.language is {allowed}, not {language!r}")
+    kind = tiny.KINDS[CAPTIONER_SHAPES[shape][0]]
+    if shape == "language_model" and language == "llama":
+        return tiny.Kind("LlamaForCausalLM", "llama", "llama", llama.LlamaConfig.from_hf, llama.LlamaForCausalLM,
+                         llama.llama_slots)  # fmt: skip
+    return dataclasses.replace(kind, language=language)
+
+
+def captioner_config(config: Any, kind: Any, tokenizer: Any) -> dict[str, Any]:
+    """config.json of the captioner `config.captioner` describes, in transformers' layout for its `kind`: the sizes
+    of the config over panda_jax.teachers.tiny's settings, the vocabulary and special tokens of `tokenizer`."""
+    from panda_jax.teachers import tiny
+
+    spec, sizes = config.captioner, config.captioner.text
+    shared = dict(hidden_size=sizes.hidden_size, num_hidden_layers=sizes.num_hidden_layers,
+                  num_attention_heads=sizes.num_attention_heads, max_position_embeddings=sizes.max_position_embeddings,
+                  vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    if kind.language == "opt":
+        text = tiny.OPT | shared | {"ffn_dim": sizes.intermediate_size, "word_embed_proj_dim": sizes.hidden_size}
+    else:
+        text = tiny.LLAMA | shared | {"intermediate_size": sizes.intermediate_size, "num_key_value_heads":
+                                      sizes.num_key_value_heads, "head_dim": sizes.hidden_size // sizes.num_attention_heads}  # fmt: skip
+    if kind.placeholder is None:
+        return {"architectures": [kind.architecture], "dtype": "float32"} | text
+    # InstructBLIP's Q-Former reads the prompt through the same word tokenizer.
+    qformer = dict(spec.qformer) | ({"vocab_size": len(tokenizer)} if kind.model_type.startswith("instructblip") else {})
+    visual = tiny.visual_config(kind, text, tokenizer.convert_tokens_to_ids(kind.placeholder), qformer)
+    visual["vision_config"] |= dict(spec.vision) | {"image_size": config.train.image_size}
+    return {"architectures": [kind.architecture], "dtype": "float32"} | visual | {
+        "num_query_tokens": spec.num_query_tokens}
+
+
+def captioner_task(config: Any, mesh: Any) -> Task:
+    """A captioner of `config.captioner.shape` (BLIP-2, InstructBLIP, InstructBLIP-Video, or a language model alone)
+    trained end to end from random initialisation (seed `train.seed`), every parameter; `export` writes it as a
+    Hugging Face folder that `captioner.load_captioner` and the caption stage read as a released checkpoint's.
+
+    Its word-level tokenizer (panda_jax.models.word_tokenizer) is trained first on the training clips' captions and
+    prompts. The loss is the cross-entropy of the caption tokens (EOS included) after the prompt as the captioner
+    reads it at inference: the placeholders of the visual tokens, the prompt padded on the left, the caption on the
+    right, and positions the running count of real tokens, as generation numbers them (`CaptionerText`). An image
+    captioner sees one of the frames the pipeline samples, at random; a video captioner all `captioner.frames`.
+    """
+    from panda_jax.data.pipeline import CaptionerText, captioner_corpus
+    from panda_jax.models import sharding, student, word_tokenizer
+    from panda_jax.teachers import prompts, tiny
+
+    spec, train = config.captioner, config.train
+    kind = captioner_kind(spec.shape, spec.language)
+    frames = CAPTIONER_SHAPES[spec.shape][1]
+    if frames is None and spec.frames != train.num_frames or frames is not None and spec.frames != frames:
+        wanted = f"train.num_frames ({train.num_frames})" if frames is None else frames
+        raise ValueError(f"a {spec.shape} captioner reads {wanted} frames; captioner.frames is {spec.frames}")
+    if spec.shape == "language_model" and not spec.side_text:
+        raise ValueError("a language_model captioner reads only the side text: set captioner.side_text")
+    placeholders = 0 if kind.placeholder is None else spec.num_query_tokens * max(spec.frames, 1)
+    if placeholders + spec.max_prompt_tokens + spec.max_caption_tokens > spec.text.max_position_embeddings:
+        raise ValueError(f"{placeholders} placeholders, {spec.max_prompt_tokens} prompt and {spec.max_caption_tokens} "
+                         f"caption tokens do not fit captioner.text.max_position_embeddings "
+                         f"({spec.text.max_position_embeddings})")  # fmt: skip
+
+    source, _ = data_sources(config)
+    corpus = (text for index in range(len(source)) for text in captioner_corpus(source[index], spec.side_text))
+    tokenizer = word_tokenizer.train_word_tokenizer(corpus, [kind.placeholder] if kind.placeholder else [],
+                                                    max_words=spec.max_words, min_count=spec.min_word_count)  # fmt: skip
+    hf_config = captioner_config(config, kind, tokenizer)
+    parsed, dtype = kind.read_config(hf_config), getattr(jnp, train.dtype)
+    # Drawn in one compiled program: eagerly, every initializer of every shape would compile on its own.
+    model = nnx.jit(lambda: kind.module(parsed, dtype=dtype, rngs=nnx.Rngs(train.seed)))()
+    sharding.shard_model(model, mesh)
+    qformer = kind.model_type.startswith("instructblip")
+    placeholder_id = tokenizer.convert_tokens_to_ids(kind.placeholder) if kind.placeholder else None
+
+    def loss(model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        caption_ids, caption_mask = batch["caption_ids"], batch["caption_mask"]
+        input_ids = jnp.concatenate([batch["prompt_ids"], caption_ids], axis=1)
+        mask = jnp.concatenate([batch["prompt_mask"], caption_mask], axis=1)
+        if placeholder_id is None:
+            language_model, embeds = model, model.embed(input_ids)
+        else:
+            pixels = batch["pixel_values"]  # [B, T, 3, H, W]
+            if spec.frames == 1:  # one of the clip's frames, as the caption stage shows one
+                pick = jax.random.randint(rng, (len(pixels),), 0, pixels.shape[1])
+                pixels = pixels[jnp.arange(len(pixels)), pick]
+            start = jnp.full((len(input_ids), placeholders), placeholder_id, input_ids.dtype)
+            input_ids = jnp.concatenate([start, input_ids], axis=1)
+            mask = jnp.concatenate([jnp.ones_like(start, mask.dtype), mask], axis=1)
+            language_model = model.language_model
+            if qformer:
+                embeds = model.prompt_embeds(pixels, batch["qformer_ids"], batch["qformer_mask"], input_ids)
+            else:
+                embeds, mask = model.prompt_embeds(pixels, input_ids, mask)
+        positions = jnp.where(mask, jnp.cumsum(mask, axis=1) - 1, 0)
+        logits, _ = language_model(inputs_embeds=embeds, attention_mask=mask, positions=positions)
+        logits = logits[:, -caption_ids.shape[1] - 1 : -1]  # each caption token predicted from the token before
+        value = student.caption_loss(logits, caption_ids, caption_mask)
+        right = (logits.argmax(-1) == caption_ids) * caption_mask
+        return value, {"loss": value, "token_accuracy": right.sum() / jnp.maximum(caption_mask.sum(), 1)}
+
+    def export(model: nnx.Module, directory: Path) -> None:
+        """config.json, model.safetensors, the tokenizer (and the Q-Former's) and the image or video processor's
+        settings at the training image size."""
+        directory = Path(directory)
+        checkpoint.save_pretrained(directory, hf_config, model, kind.slots(model))
+        word_tokenizer.save_word_tokenizer(tokenizer, directory)
+        if qformer:
+            word_tokenizer.save_word_tokenizer(tokenizer, directory / "qformer_tokenizer")
+        if kind.placeholder is not None:
+            name, settings = tiny.processor_settings(video=spec.shape == "instructblip_video")
+            size = {"height": train.image_size, "width": train.image_size}
+            (directory / name).write_text(json.dumps(settings | {"size": size}, indent=2, sort_keys=True) + "\n")
+
+    text = CaptionerText(tokenizer, spec.side_text, prompts.Budgets(**config.side_text), spec.max_prompt_tokens,
+                         spec.max_caption_tokens, qformer)  # fmt: skip
+    return Task(model, nnx.Param, loss, {"text": text, "flip_probability": train.flip_probability}, export)
+
+
+TASKS = {"student": student_task, "retrieval": retrieval_task, "captioner": captioner_task}
 
 
 def data_sources(config: Any) -> tuple[Any, Any | None]:

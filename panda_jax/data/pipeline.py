@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import grain
@@ -33,7 +33,11 @@ import numpy as np
 from absl import flags
 from transformers import PreTrainedTokenizerBase
 
+from panda_jax.models.inference import pad_tokens
 from panda_jax.video.sampling import uniform_indices
+
+if TYPE_CHECKING:
+    from panda_jax.teachers import prompts
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,14 @@ def _padded(ids: Sequence[int], length: int, pad_id: int) -> tuple[np.ndarray, n
     return tokens, mask
 
 
+def side_text(element: dict[str, Any]) -> prompts.SideText:
+    """The example's subtitles, title and description, each on one line."""
+    from panda_jax.teachers import prompts
+
+    return prompts.SideText(*(" ".join(_text(element.get(field, "")).split())
+                              for field in ("subtitles", "title", "description")))  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class StudentText:
     """The student captioner's text inputs, by its language model's tokenizer: the prompt (padded on the right
@@ -148,10 +160,8 @@ class StudentText:
     def __call__(self, element: dict[str, Any], train: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
         from panda_jax.teachers import prompts
 
-        side_text = prompts.SideText(*(" ".join(_text(element.get(field, "")).split())
-                                       for field in ("subtitles", "title", "description")))  # fmt: skip
         keep = [not train or rng.random() < self.keep_probability for _ in range(2)]
-        prompt = prompts.student_prompt(side_text, subtitles=keep[0], metadata=keep[1])
+        prompt = prompts.student_prompt(side_text(element), subtitles=keep[0], metadata=keep[1])
         pad = self.tokenizer.pad_token_id or 0
         caption = _tokens(self.tokenizer, _text(element["caption"]))[: self.max_caption_tokens - 1]
         prompt_ids, prompt_mask = _padded(_tokens(self.tokenizer, prompt)[: self.max_prompt_tokens],
@@ -159,6 +169,61 @@ class StudentText:
         caption_ids, caption_mask = _padded([*caption, self.tokenizer.eos_token_id], self.max_caption_tokens, pad)
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "caption_ids": caption_ids,
                 "caption_mask": caption_mask}  # fmt: skip
+
+
+def captioner_corpus(element: dict[str, Any], with_side_text: bool) -> tuple[str, str]:
+    """What a captioner's word tokenizer learns its words from in one example: the caption, and the prompt
+    `CaptionerText` builds, with the side text whole (cutting it to the budgets only drops words)."""
+    from panda_jax.teachers import prompts
+
+    whole = prompts.Budgets(0, 0, 0)  # no token counted: nothing cut
+    prompt, _ = prompts.build_prompt(side_text(element) if with_side_text else None, whole, lambda text: 0)
+    return _text(element["caption"]), prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerText:
+    """A captioner's text inputs, laid out as `captioner.Captioner.caption` lays out its prompts at inference, with
+    the caption after them, so that training teaches what generation reads.
+
+    The prompt is the one Panda-70M's teachers get (`prompts.build_prompt`: with the clip's side text, each field
+    cut to `budgets`, when `side_text` and the clip has some; the short one otherwise), tokenized with BOS and padded
+    on the left to `max_prompt_tokens` (`prompt_ids`, `prompt_mask`): it ends where the caption starts, as a
+    decoder-only language model's prompt ends where generation starts. The caption follows without BOS, then EOS,
+    padded on the right (`caption_ids`, `caption_mask`, at most `max_caption_tokens`). With `qformer`, the prompt
+    again, padded on the right as InstructBLIP's Q-Former reads it (`qformer_ids`, `qformer_mask`), from the same
+    tokenizer. The captioner's placeholders and the positions (the running count of real tokens, as generation
+    numbers them) are the model's business (`panda_jax.tasks.captioner_task`).
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    side_text: bool
+    budgets: prompts.Budgets
+    max_prompt_tokens: int
+    max_caption_tokens: int
+    qformer: bool = False
+
+    def prompt(self, element: dict[str, Any]) -> str:
+        """The clip's prompt, built as the caption stage builds it (panda_jax.caption) with this tokenizer."""
+        from panda_jax.teachers import prompts
+
+        count = lambda text: len(_tokens(self.tokenizer, text))  # noqa: E731
+        return prompts.build_prompt(side_text(element) if self.side_text else None, self.budgets, count)[0]
+
+    def __call__(self, element: dict[str, Any], train: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        prompt = self.tokenizer(self.prompt(element))["input_ids"]
+        if len(prompt) > self.max_prompt_tokens:
+            raise ValueError(f"clip {_text(element.get('clip_id', '?'))!r}: its prompt takes {len(prompt)} tokens, "
+                             f"more than max_prompt_tokens ({self.max_prompt_tokens})")  # fmt: skip
+        pad = self.tokenizer.pad_token_id
+        caption = _tokens(self.tokenizer, _text(element["caption"]))[: self.max_caption_tokens - 1]
+        prompt_ids, prompt_mask = pad_tokens([prompt], self.max_prompt_tokens, pad, "left")
+        caption_ids, caption_mask = _padded([*caption, self.tokenizer.eos_token_id], self.max_caption_tokens, pad)
+        out = {"prompt_ids": prompt_ids[0], "prompt_mask": prompt_mask[0], "caption_ids": caption_ids,
+               "caption_mask": caption_mask}  # fmt: skip
+        if self.qformer:
+            out["qformer_ids"], out["qformer_mask"] = _padded(prompt, self.max_prompt_tokens, pad)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +301,7 @@ def make_dataset(
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
     crop_scale: tuple[float, float] = (0.5, 1.0),
+    flip_probability: float = 0.5,
     text: Callable[[dict[str, Any], bool, np.random.Generator], dict[str, np.ndarray]] | None = None,
 ) -> grain.IterDataset:
     """Builds the input pipeline; `iter()` of the result is a checkpointable iterator.
@@ -249,6 +315,7 @@ def make_dataset(
         [B, max_text_tokens]; the raw caption is always in `caption` (bytes).
       worker_count: grain worker processes (0 reads in this process).
       crop_scale: the area range of training's random-resized crop.
+      flip_probability: how often training mirrors a clip (0 where captions say left and right).
       text: more text inputs from each example, e.g. `StudentText` (picklable, for the workers).
       num_epochs: passes over the data; None means forever when training and once for eval.
       shard_index, shard_count: this host's shard; default `jax.process_index()` / `jax.process_count()`.
@@ -290,6 +357,7 @@ def make_dataset(
         tokenizer=tokenizer,
         max_text_tokens=max_text_tokens,
         crop_scale=tuple(crop_scale),
+        flip_probability=flip_probability,
         text=text,
     )
     ds = ds.random_map(transform, seed=seed)
