@@ -41,8 +41,8 @@ SHAPES = {  # variant → (shape, language, frames, side_text, image size)
 
 
 def get_config(variant: str = "image") -> ml_collections.ConfigDict:
-    tiny = variant == "tiny" or variant.startswith("tiny_")
-    name = variant.removeprefix("tiny").removeprefix("_") or "image"
+    variant = "tiny_image" if variant == "tiny" else variant
+    tiny, name = variant.startswith("tiny_"), variant.removeprefix("tiny_")
     if name not in SHAPES:
         choices = ", ".join([*SHAPES, "tiny", *(f"tiny_{shape}" for shape in SHAPES)])
         raise ValueError(f"unknown captioner variant {variant!r}; choose from {choices}")
@@ -80,8 +80,9 @@ def get_config(variant: str = "image") -> ml_collections.ConfigDict:
         config.captioner.update(num_query_tokens=2 if shape == "instructblip_video" else 4, max_caption_tokens=32)
         config.captioner.vision.update(patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                        num_attention_heads=2)  # fmt: skip
-        config.captioner.qformer.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-        config.captioner.text.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        config.captioner.qformer.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2)  # fmt: skip
+        config.captioner.text.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                                      num_key_value_heads=2)  # fmt: skip
         config.data.update(synthetic_videos=4, synthetic_eval_videos=1, synthetic_size=32)
         config.train.update(num_frames=4 if shape == "instructblip_video" else 2, image_size=28, crop_scale=(1.0, 1.0),

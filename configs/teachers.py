@@ -10,6 +10,8 @@ elsewhere, `checkpoint` is its path), student (the trained student captioner).
 Variants:
   panda70m  the paper's 8 teachers on released checkpoints our loaders read (README: which
             checkpoint stands for Video-LLaMA, VideoChat, VideoChat-Text and MiniGPT-4, and why);
+  student   the student captioner a training run exported (`python -m panda_jax.export`), as the one
+            teacher: `--config=teachers:student --config.checkpoint=DIR` (8 frames + side text);
   tiny      four teachers with small random weights (image, image + side text, video + side
             text, side text only), written as real checkpoint folders at first use: for tests
             and quick checks, not for captions worth reading.
@@ -53,8 +55,14 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
                           max_new_tokens=8)
         t.text = teacher("language_model", "opt", 0, True, tiny="opt", num_beams=1, max_new_tokens=8)
         config.dtype = "float32"
+    elif variant == "student":
+        config.weights_dir = ""
+        config.checkpoint = ""  # the exported student's folder
+        config.teachers.student = teacher("student", config.get_ref("checkpoint"), 8, True, num_beams=3,
+                                          max_new_tokens=30)  # fmt: skip
+        config.dtype = "float32"
     else:
-        raise ValueError(f"unknown teachers variant {variant!r}; choose from panda70m, tiny")
+        raise ValueError(f"unknown teachers variant {variant!r}; choose from panda70m, student, tiny")
 
     # Side text is cut to these budgets (tokens of each teacher's own tokenizer) at word boundaries.
     config.side_text = ml_collections.ConfigDict(dict(subtitles=256, title=32, description=128))

@@ -147,6 +147,8 @@ class CaptionStage:
 
     def _prompt(self, teacher: Teacher, model: Any, clip: dict[str, Any]) -> tuple[str, str]:
         side_text = prompts.SideText(**clip["side_text"]) if teacher.side_text else None
+        if teacher.family == "student":  # its own prompt; its captioner cuts it to the student's prompt positions
+            return prompts.student_prompt(side_text), prompts.VERSION_STUDENT
         count = lambda text: len(model.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         return prompts.build_prompt(side_text, self.budgets, count)
 
@@ -184,9 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     clip_ids = {clip.clip_id for clip in clips}
     external, sources = {}, []
     for teacher in teachers:
-        if teacher.family == "student":
-            fail(f"teacher {teacher.name}: the student captioner is made by `python -m panda_jax.train`, "
-                 "which is not in this version yet")  # fmt: skip
         if teacher.family == "external":
             try:
                 external[teacher.name] = read_external(teacher, clip_ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,8 @@ def student_task(config: Any, mesh: Any) -> Task:
 
     text = StudentText(checkpoint.load_tokenizer(folder), config.student.max_prompt_tokens, config.max_caption_tokens,
                        config.side_text_keep_probability)  # fmt: skip
-    return Task(model, student.TRAINABLE, loss, {"text": text})
+    return Task(model, student.TRAINABLE, loss, {"text": text},
+                lambda model, directory: student.save(model, directory, folder))  # fmt: skip
 
 
 def retrieval_task(config: Any, mesh: Any) -> Task:
@@ -89,31 +91,31 @@ def retrieval_task(config: Any, mesh: Any) -> Task:
         return value, {"loss": value, "vtc": vtc, "vtm": vtm, "vtm_accuracy": jnp.mean(logits.argmax(-1) == labels)}
 
     tokenizer = checkpoint.load_tokenizer(folder)
-    return Task(model, nnx.Param, loss, {"tokenizer": tokenizer, "max_text_tokens": config.max_text_tokens})
+    return Task(model, nnx.Param, loss, {"tokenizer": tokenizer, "max_text_tokens": config.max_text_tokens},
+                lambda model, directory: video_retrieval.save(model, directory, folder))  # fmt: skip
 
 
-# config.captioner.shape → the panda_jax.teachers.tiny kind whose checkpoint layout it has (its language model
-# config.captioner.language's), and the frames it reads (None: any number, the config's).
+# config.captioner.shape → the panda_jax.teachers.tiny kind whose checkpoint layout it has (around the language model
+# config.captioner.language names), and the frames it reads (None: any number, the config's).
 CAPTIONER_SHAPES = {"blip2": ("blip2_opt", 1), "instructblip": ("instructblip", 1),
                     "instructblip_video": ("instructblip_video", None), "language_model": ("opt", 0)}  # fmt: skip
 
 
 def captioner_kind(shape: str, language: str) -> Any:
     """The `tiny.Kind` (architecture, config reader, module, slots, placeholder) of a captioner of `shape` around
-    an OPT or LLaMA `language` model; refuses what no released checkpoint has (InstructBLIP around OPT)."""
+    an OPT or LLaMA `language` model; refuses what our loaders do not read (InstructBLIP around OPT)."""
     from panda_jax.models import llama
     from panda_jax.teachers import tiny
 
     if shape not in CAPTIONER_SHAPES:
         raise ValueError(f"captioner.shape must be one of {', '.join(CAPTIONER_SHAPES)}, not {shape!r}")
-    if language not in ("opt", "llama") or (shape.startswith("instructblip") and language != "llama"):
-        allowed = "llama" if shape.startswith("instructblip") else "opt or llama"
-        raise ValueError(f"a {shape} captioner's captioner.language is {allowed}, not {language!r}")
-    kind = tiny.KINDS[CAPTIONER_SHAPES[shape][0]]
+    allowed = ("llama",) if shape.startswith("instructblip") else ("opt", "llama")
+    if language not in allowed:
+        raise ValueError(f"a {shape} captioner's captioner.language is {' or '.join(allowed)}, not {language!r}")
     if shape == "language_model" and language == "llama":
         return tiny.Kind("LlamaForCausalLM", "llama", "llama", llama.LlamaConfig.from_hf, llama.LlamaForCausalLM,
                          llama.llama_slots)  # fmt: skip
-    return dataclasses.replace(kind, language=language)
+    return dataclasses.replace(tiny.KINDS[CAPTIONER_SHAPES[shape][0]], language=language)
 
 
 def captioner_config(config: Any, kind: Any, tokenizer: Any) -> dict[str, Any]:
@@ -122,29 +124,34 @@ def captioner_config(config: Any, kind: Any, tokenizer: Any) -> dict[str, Any]:
     from panda_jax.teachers import tiny
 
     spec, sizes = config.captioner, config.captioner.text
-    shared = dict(hidden_size=sizes.hidden_size, num_hidden_layers=sizes.num_hidden_layers,
-                  num_attention_heads=sizes.num_attention_heads, max_position_embeddings=sizes.max_position_embeddings,
-                  vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                  pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    text = dict(hidden_size=sizes.hidden_size, num_hidden_layers=sizes.num_hidden_layers,
+                num_attention_heads=sizes.num_attention_heads, max_position_embeddings=sizes.max_position_embeddings,
+                vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     if kind.language == "opt":
-        text = tiny.OPT | shared | {"ffn_dim": sizes.intermediate_size, "word_embed_proj_dim": sizes.hidden_size}
+        text = tiny.OPT | text | {"ffn_dim": sizes.intermediate_size, "word_embed_proj_dim": sizes.hidden_size}
     else:
-        text = tiny.LLAMA | shared | {"intermediate_size": sizes.intermediate_size, "num_key_value_heads":
-                                      sizes.num_key_value_heads, "head_dim": sizes.hidden_size // sizes.num_attention_heads}  # fmt: skip
+        head_dim = sizes.hidden_size // sizes.num_attention_heads
+        text = tiny.LLAMA | text | {"intermediate_size": sizes.intermediate_size, "head_dim": head_dim,
+                                    "num_key_value_heads": sizes.num_key_value_heads}  # fmt: skip
+    header = {"architectures": [kind.architecture], "dtype": "float32"}
     if kind.placeholder is None:
-        return {"architectures": [kind.architecture], "dtype": "float32"} | text
-    # InstructBLIP's Q-Former reads the prompt through the same word tokenizer.
-    qformer = dict(spec.qformer) | ({"vocab_size": len(tokenizer)} if kind.model_type.startswith("instructblip") else {})
+        return header | text
+    qformer = spec.qformer.to_dict()
+    if kind.model_type.startswith("instructblip"):  # its Q-Former reads the prompt through the same tokenizer
+        qformer["vocab_size"] = len(tokenizer)
     visual = tiny.visual_config(kind, text, tokenizer.convert_tokens_to_ids(kind.placeholder), qformer)
-    visual["vision_config"] |= dict(spec.vision) | {"image_size": config.train.image_size}
-    return {"architectures": [kind.architecture], "dtype": "float32"} | visual | {
-        "num_query_tokens": spec.num_query_tokens}
+    visual["vision_config"] |= spec.vision.to_dict() | {"image_size": config.train.image_size}
+    return header | visual | {"num_query_tokens": spec.num_query_tokens}
 
 
 def captioner_task(config: Any, mesh: Any) -> Task:
     """A captioner of `config.captioner.shape` (BLIP-2, InstructBLIP, InstructBLIP-Video, or a language model alone)
-    trained end to end from random initialisation (seed `train.seed`), every parameter; `export` writes it as a
-    Hugging Face folder that `captioner.load_captioner` and the caption stage read as a released checkpoint's.
+    trained end to end from random initialisation, every parameter; `export` writes it as a Hugging Face folder that
+    `captioner.load_captioner` and the caption stage read as a released checkpoint's.
+
+    The initial weights are transformers' initialisation (normal(0, 0.02), norm scales 1, biases 0:
+    `tiny.random_weights`) drawn from `train.seed`, the same on every platform.
 
     Its word-level tokenizer (panda_jax.models.word_tokenizer) is trained first on the training clips' captions and
     prompts. The loss is the cross-entropy of the caption tokens (EOS included) after the prompt as the captioner
@@ -153,18 +160,23 @@ def captioner_task(config: Any, mesh: Any) -> Task:
     captioner sees one of the frames the pipeline samples, at random; a video captioner all `captioner.frames`.
     """
     from panda_jax.data.pipeline import CaptionerText, captioner_corpus
-    from panda_jax.models import sharding, student, word_tokenizer
+    from panda_jax.models import load, student, word_tokenizer
     from panda_jax.teachers import prompts, tiny
 
     spec, train = config.captioner, config.train
     kind = captioner_kind(spec.shape, spec.language)
     frames = CAPTIONER_SHAPES[spec.shape][1]
-    if frames is None and spec.frames != train.num_frames or frames is not None and spec.frames != frames:
+    if spec.frames != (train.num_frames if frames is None else frames):
         wanted = f"train.num_frames ({train.num_frames})" if frames is None else frames
         raise ValueError(f"a {spec.shape} captioner reads {wanted} frames; captioner.frames is {spec.frames}")
     if spec.shape == "language_model" and not spec.side_text:
         raise ValueError("a language_model captioner reads only the side text: set captioner.side_text")
-    placeholders = 0 if kind.placeholder is None else spec.num_query_tokens * max(spec.frames, 1)
+    qformer = kind.model_type.startswith("instructblip")  # its Q-Former reads the prompt too
+    if qformer and spec.max_prompt_tokens > spec.qformer.max_position_embeddings:
+        positions = spec.qformer.max_position_embeddings
+        raise ValueError(f"max_prompt_tokens ({spec.max_prompt_tokens}) is more than the Q-Former's positions "
+                         f"(captioner.qformer.max_position_embeddings: {positions})")  # fmt: skip
+    placeholders = 0 if kind.placeholder is None else spec.num_query_tokens * spec.frames
     if placeholders + spec.max_prompt_tokens + spec.max_caption_tokens > spec.text.max_position_embeddings:
         raise ValueError(f"{placeholders} placeholders, {spec.max_prompt_tokens} prompt and {spec.max_caption_tokens} "
                          f"caption tokens do not fit captioner.text.max_position_embeddings "
@@ -172,14 +184,17 @@ def captioner_task(config: Any, mesh: Any) -> Task:
 
     source, _ = data_sources(config)
     corpus = (text for index in range(len(source)) for text in captioner_corpus(source[index], spec.side_text))
-    tokenizer = word_tokenizer.train_word_tokenizer(corpus, [kind.placeholder] if kind.placeholder else [],
-                                                    max_words=spec.max_words, min_count=spec.min_word_count)  # fmt: skip
+    tokenizer = word_tokenizer.train_word_tokenizer(
+        corpus, [kind.placeholder] if kind.placeholder else [], max_words=spec.max_words, min_count=spec.min_word_count
+    )
     hf_config = captioner_config(config, kind, tokenizer)
-    parsed, dtype = kind.read_config(hf_config), getattr(jnp, train.dtype)
-    # Drawn in one compiled program: eagerly, every initializer of every shape would compile on its own.
-    model = nnx.jit(lambda: kind.module(parsed, dtype=dtype, rngs=nnx.Rngs(train.seed)))()
-    sharding.shard_model(model, mesh)
-    qformer = kind.model_type.startswith("instructblip")
+    # Drawn with numpy, as transformers initialises these models, and read by the model's own loader onto the mesh:
+    # drawn with nnx.Rngs, every initializer would be compiled, some 10 s on a CPU for even a tiny captioner.
+    shapes = checkpoint.abstract(lambda: kind.module(kind.read_config(hf_config), rngs=nnx.Rngs(0)))
+    with tempfile.TemporaryDirectory() as scratch:
+        initial = checkpoint.save(Path(scratch) / "initial", hf_config,
+                                  tiny.random_weights(shapes, kind.slots(shapes), train.seed))  # fmt: skip
+        model = load(initial, getattr(jnp, train.dtype), mesh=mesh)
     placeholder_id = tokenizer.convert_tokens_to_ids(kind.placeholder) if kind.placeholder else None
 
     def loss(model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

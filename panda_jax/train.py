@@ -119,7 +119,7 @@ class MetricWriter:
 
 def saved_state(model: nnx.Module, optimizer: nnx.Optimizer, trainable: Any) -> dict[str, Any]:
     """What a checkpoint holds of the model: the trainable parameters and the optimizer's state."""
-    return {"params": nnx.state(model, trainable).to_pure_dict(), "optimizer": nnx.state(optimizer).to_pure_dict()}
+    return {"params": nnx.to_pure_dict(nnx.state(model, trainable)), "optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
 
 
 def restore_state(model: nnx.Module, optimizer: nnx.Optimizer, trainable: Any, restored: dict[str, Any]) -> None:

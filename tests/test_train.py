@@ -62,22 +62,28 @@ def test_the_student_learns_a_batch_and_its_blip2_stays_frozen(weights):
     config = tiny_config("student", weights)
     mesh = sharding.make_mesh(data=1, model=1, devices=jax.devices()[:1])
     task = tasks.TASKS["student"](config, mesh)
-    frozen = jax.device_get(nnx.state(task.model.image_model, nnx.Param).to_pure_dict())
-    trainable = jax.device_get(nnx.state(task.model, task.trainable).to_pure_dict())
+    frozen = jax.device_get(nnx.to_pure_dict(nnx.state(task.model.image_model, nnx.Param)))
+    trainable = jax.device_get(nnx.to_pure_dict(nnx.state(task.model, task.trainable)))
     history = fit(task, first_batch(config, task, mesh), mesh, steps=30, learning_rate=3e-3)
     # Around a random frozen language model the prefix steers little, but it steers: the loss falls.
     assert history[-1]["loss"] < history[0]["loss"] - 0.01
-    after = jax.device_get(nnx.state(task.model.image_model, nnx.Param).to_pure_dict())
+    after = jax.device_get(nnx.to_pure_dict(nnx.state(task.model.image_model, nnx.Param)))
     jax.tree.map(np.testing.assert_array_equal, after, frozen)
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)),
-                         jax.device_get(nnx.state(task.model, task.trainable).to_pure_dict()), trainable)  # fmt: skip
+                         jax.device_get(nnx.to_pure_dict(nnx.state(task.model, task.trainable))), trainable)  # fmt: skip
     assert all(jax.tree.leaves(moved))
 
 
-def final_parameters(workdir) -> dict:
+def flat(tree) -> dict[str, np.ndarray]:
+    """Leaves by their path, list indices and dict keys alike as strings (Orbax gives back "0" for 0)."""
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+    return {"/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path): leaf for path, leaf in leaves}
+
+
+def final_parameters(workdir) -> dict[str, np.ndarray]:
     manager = ocp.CheckpointManager(workdir / "checkpoints")
     restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return jax.device_get(restored["state"]["params"])
+    return flat(restored["state"]["params"])
 
 
 @pytest.mark.heavy
@@ -101,7 +107,19 @@ def test_a_killed_run_resumes_to_the_parameters_of_an_uninterrupted_one(weights,
     assert result.returncode == 0, result.stderr
     resumed = json.loads((killed / "summary.json").read_text())
     assert 4 <= resumed["resumed_from"] < 12
-    jax.tree.map(np.testing.assert_array_equal, final_parameters(killed), final_parameters(whole))
+    wanted = final_parameters(whole)
+    assert final_parameters(killed).keys() == wanted.keys()
+    for name, value in final_parameters(killed).items():
+        np.testing.assert_array_equal(value, wanted[name], err_msg=name)
+    # Exported, the run is a selector folder `select --checkpoint` reads, holding the trained parameters.
+    from panda_jax import export
+    from panda_jax.models import video_retrieval
+
+    assert export.main(["--checkpoint", str(killed), "--out", str(tmp_path / "selector")]) == 0
+    exported = flat(nnx.to_pure_dict(nnx.state(video_retrieval.load(tmp_path / "selector"), nnx.Param)))
+    assert exported.keys() == wanted.keys()
+    for name, value in exported.items():
+        np.testing.assert_array_equal(value, wanted[name], err_msg=name)
     # The metrics read like one run: every logged step once, in order.
     steps = [(m["step"], m["split"]) for m in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())]
     assert steps == [(m["step"], m["split"]) for m in map(json.loads, (whole / "metrics.jsonl").read_text().splitlines())]
@@ -129,7 +147,7 @@ for devices in (jax.devices()[:1], jax.devices()):
     step = train.make_train_step(task, 1)
     for i in range(2):
         metrics = step(task.model, optimizer, train.shard(train.model_inputs(batch), mesh), jax.random.key(i))
-    results.append(jax.device_get(nnx.state(task.model, nnx.Param).to_pure_dict()))
+    results.append(jax.device_get(nnx.to_pure_dict(nnx.state(task.model, nnx.Param))))
     print(len(devices), "devices: loss", float(metrics["loss"]), flush=True)
 jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), *results)
 print("equal")
@@ -143,3 +161,13 @@ def test_two_steps_on_eight_devices_equal_two_steps_on_one(weights):
     script = textwrap.dedent(SHARDED_STEP.format(weights=str(weights)))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "equal" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
+def test_export_refuses_what_is_not_a_training_run(tmp_path, capsys):
+    from panda_jax import export
+
+    for command in (["--checkpoint", str(tmp_path), "--out", str(tmp_path / "out")], ["--out", str(tmp_path / "o")]):
+        with pytest.raises(SystemExit) as stopped:
+            export.main(command)
+        assert stopped.value.code == 2
+    assert "not a training work folder" in capsys.readouterr().err

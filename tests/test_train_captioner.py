@@ -15,7 +15,7 @@ from panda_jax import cli, tasks
 from panda_jax.data.pipeline import make_dataset
 from panda_jax.models import captioner, checkpoint, sharding
 from panda_jax.models.generation import GenerationConfig
-from panda_jax.models.word_tokenizer import train_word_tokenizer
+from panda_jax.models.word_tokenizer import save_word_tokenizer, train_word_tokenizer
 
 CAPTIONS = [
     "A large blue diamond stays still in front of a cyan-to-red gradient background.",
@@ -28,9 +28,6 @@ def test_the_word_tokenizer_is_deterministic_and_gives_back_the_words(tmp_path):
     tokenizer = train_word_tokenizer(CAPTIONS, ["<image>"])
     assert tokenizer.get_vocab() == train_word_tokenizer(CAPTIONS[::-1], ["<image>"]).get_vocab()
     assert tokenizer.convert_tokens_to_ids(["<pad>", "<unk>", "<s>", "</s>", "<image>"]) == [0, 1, 2, 3, 4]
-    tokenizer.save_pretrained(tmp_path / "unused")  # transformers' own save works too
-    from panda_jax.models.word_tokenizer import save_word_tokenizer
-
     save_word_tokenizer(tokenizer, tmp_path / "saved")
     loaded = checkpoint.load_tokenizer(tmp_path / "saved")
     for caption in CAPTIONS:
@@ -100,7 +97,7 @@ def trained(request, tmp_path_factory) -> dict:
         optimizer.update(model, grads)
         return metrics
 
-    history = [jax.device_get(step(task.model, optimizer, batch, jax.random.key(i))) for i in range(100)]
+    history = [jax.device_get(step(task.model, optimizer, batch, jax.random.key(i))) for i in range(60)]
     folder = tmp_path_factory.mktemp(request.param) / "captioner"
     task.export(task.model, folder)
     return dict(config=config, task=task, clips=clips, frames=frames, history=history, folder=folder)

@@ -144,3 +144,17 @@ def test_the_selector_scores_each_clip_alone_whatever_the_batch(folder):
     backwards = selector.score(frames[::-1], candidates[::-1])[::-1]
     np.testing.assert_allclose(np.concatenate(scores), np.concatenate(backwards), atol=1e-6)
     assert scores[0][1] != scores[0][0]  # different captions, different scores
+
+
+def test_a_saved_selector_loads_with_its_video_layers(folder, text, tmp_path):
+    model = video_retrieval.load(folder, video=video_retrieval.VideoConfig(max_frames=4, temporal_layers=1))
+    rng = np.random.default_rng(5)
+    for _, variable in nnx.to_flat_state(nnx.state(model, video_retrieval.VIDEO_LAYERS)):  # as training moves them
+        variable[...] = variable[...] + rng.normal(0, 0.1, variable.shape).astype(np.float32)
+    saved = video_retrieval.save(model, tmp_path / "selector", folder)
+    # Its VideoConfig travels with it, whatever the caller asks for.
+    again = video_retrieval.load(saved, video=video_retrieval.VideoConfig(max_frames=12))
+    assert again.video == model.video
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(again, nnx.Param)),
+                 nnx.to_pure_dict(nnx.state(model, nnx.Param)))  # fmt: skip
+    assert checkpoint.load_tokenizer(saved)(CAPTIONS[:1])["input_ids"] == checkpoint.load_tokenizer(folder)(CAPTIONS[:1])["input_ids"]

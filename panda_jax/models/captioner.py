@@ -43,7 +43,7 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image
 
-from panda_jax.models import blip2, checkpoint, instructblip, llama, load, opt, sharding, t5
+from panda_jax.models import blip2, checkpoint, instructblip, llama, load, opt, sharding, student, t5
 from panda_jax.models.clip import IMAGE_MEAN, IMAGE_STD
 from panda_jax.models.generation import GenerationConfig, generate
 from panda_jax.models.inference import bucket, pad_rows, pad_tokens
@@ -251,6 +251,20 @@ class InstructBlipCaptioner(VisualCaptioner):
         }
 
 
+class StudentCaptioner(VisualCaptioner):
+    """The student captioner: every frame given (up to its frame positions), the prompt through its text branch
+    (the language model's tokenizer, no special tokens, padded on the right)."""
+
+    frames = None
+
+    def _prompt_inputs(self, pixel_values: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
+        sequences = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        largest = min(self.max_prompt_length, self.model.config.max_prompt_tokens)
+        ids, mask = padded_prompts([tokens[:largest] for tokens in sequences], self.tokenizer.pad_token_id, "right",
+                                   largest)  # fmt: skip
+        return {"prompt_ids": ids, "prompt_mask": mask}
+
+
 class LanguageModelCaptioner(Captioner):
     """OPT or LLaMA (prompts padded on the left) or T5 (on the right) on the prompt alone: no frame."""
 
@@ -266,7 +280,7 @@ class LanguageModelCaptioner(Captioner):
 
 
 LANGUAGE_MODELS = opt.ARCHITECTURES + llama.ARCHITECTURES + t5.ARCHITECTURES
-CAPTIONING = blip2.ARCHITECTURES + instructblip.ARCHITECTURES + LANGUAGE_MODELS
+CAPTIONING = blip2.ARCHITECTURES + instructblip.ARCHITECTURES + LANGUAGE_MODELS + (student.ARCHITECTURE,)
 
 
 def load_captioner(
@@ -277,9 +291,13 @@ def load_captioner(
 
     `options` go to `Captioner`. Refuses other architectures before reading any weight.
     """
-    checkpoint.read_config(directory, architectures=CAPTIONING)
-    model = load(directory, dtype, mesh=mesh)
+    config = checkpoint.read_config(directory, architectures=CAPTIONING)
     options = {**options, "mesh": mesh}
+    if student.ARCHITECTURE in (config.get("architectures") or []):
+        model = student.load(directory, dtype, mesh=mesh)
+        image_processor = ImageProcessor.from_pretrained(directory, model.image_model.config.vision.image_size)
+        return StudentCaptioner(model, checkpoint.load_tokenizer(directory), image_processor, **options)
+    model = load(directory, dtype, mesh=mesh)
     if not isinstance(model, (blip2.Blip2, instructblip.InstructBlip)):
         return LanguageModelCaptioner(model, checkpoint.load_tokenizer(directory), **options)
     image_processor = ImageProcessor.from_pretrained(directory, model.config.vision.image_size)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -229,6 +230,28 @@ def layer_norm_slots(prefix: str, norm: nnx.LayerNorm | nnx.RMSNorm) -> dict[str
 
 def embedding_slots(prefix: str, embed: nnx.Embed) -> dict[str, Slot]:
     return {f"{prefix}.weight": Slot(embed.embedding, tuple(embed.embedding.shape))}
+
+
+def own_slots(model: nnx.Module, wanted: Any, prefix: str) -> dict[str, Slot]:
+    """Slots for parameters no foreign checkpoint has (layers panda-jax adds), named `prefix` + their path in
+    `model`, in the variable's own layout; `wanted` is an nnx filter of the parameters."""
+    matches = nnx.filterlib.to_predicate(wanted)
+    return {
+        prefix + ".".join(map(str, path)): Slot(node, tuple(node.shape))
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, nnx.Variable) and matches(path, node)
+    }
+
+
+def copy_beside(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Copies the files of checkpoint folder `source` other than its config and weights (tokenizers, processor
+    settings) into `destination`, so an exported model is read as its source was."""
+    source, destination = Path(source), Path(destination)
+    for path in source.rglob("*"):
+        relative = path.relative_to(source)
+        if path.is_file() and path.name != CONFIG_NAME and not path.name.endswith((".safetensors", ".safetensors.index.json")):
+            (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, destination / relative)
 
 
 def under(prefix: str, *patterns: str) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -31,7 +32,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from panda_jax.models import blip2, generation
+from panda_jax.models import blip2, checkpoint, generation
 from panda_jax.models.blip2 import Blip2
 from panda_jax.models.layers import embedding, linear
 from panda_jax.models.qformer import QFormer, QueryTokens
@@ -139,6 +140,43 @@ def caption_loss(logits: jax.Array, caption_ids: jax.Array, caption_mask: jax.Ar
 
 # The parameters training may change: the student's own layers, never the BLIP-2 it is built around.
 TRAINABLE = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("image_model")))
+ARCHITECTURE = "PandaStudent"  # config.json's `architectures` of a saved student
+
+
+def student_slots(model: Student) -> dict[str, checkpoint.Slot]:
+    """Tensor names of a saved student: the BLIP-2's as transformers names them, under "blip2.", and the
+    student's own layers by their path, under "student."."""
+    return blip2.blip2_slots(model.image_model, "blip2.") | checkpoint.own_slots(model, TRAINABLE, "student.")
+
+
+def save(model: Student, directory: str | os.PathLike, blip2_directory: str | os.PathLike) -> Path:
+    """Writes the student as a checkpoint folder `load` and `captioner.load_captioner` read: config.json (its
+    BLIP-2's config and the student's), model.safetensors, and the BLIP-2 folder's tokenizer and processor."""
+    config = {
+        "architectures": [ARCHITECTURE], "model_type": "panda_student",
+        "blip2": checkpoint.read_config(blip2_directory), "student": dataclasses.asdict(model.config),
+    }  # fmt: skip
+    path = checkpoint.save_pretrained(directory, config, model, student_slots(model))
+    checkpoint.copy_beside(blip2_directory, path)
+    return path
+
+
+def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> Student:
+    """A student saved by `save` (placed on `mesh` as it is read)."""
+    config = checkpoint.read_config(directory, ("panda_student",), (ARCHITECTURE,))
+    weights = checkpoint.SafetensorsCheckpoint(directory)
+    names = {name.removeprefix("blip2.") for name in weights.names()}
+    blip2_config = blip2.Blip2Config.from_hf(config["blip2"], names)
+    student_config = StudentConfig(**config["student"])
+
+    def build() -> Student:
+        return Student(blip2.Blip2(blip2_config, dtype=dtype, rngs=nnx.Rngs(0)), student_config, dtype=dtype,
+                       rngs=nnx.Rngs(0))  # fmt: skip
+
+    model = checkpoint.abstract(build)
+    checkpoint.fill(weights, model, student_slots(model), ignore=blip2.blip2_ignore(model.image_model, "blip2."),
+                    what="the student", mesh=mesh)  # fmt: skip
+    return model
 
 
 def from_blip2(

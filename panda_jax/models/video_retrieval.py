@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import flax.struct
@@ -181,6 +182,29 @@ class ClipVideoRetrieval(VideoTextModel):
         return jnp.stack([jnp.zeros_like(match), match], axis=-1)
 
 
+# The parameters a video adds to the image model; config.json's key of its `VideoConfig` in a saved selector.
+VIDEO_LAYERS = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("image_model")))
+VIDEO_CONFIG = "panda_video"
+
+
+def video_slots(model: Blip2VideoRetrieval) -> dict[str, checkpoint.Slot]:
+    """Tensor names of a saved selector: BLIP-2's retrieval model as transformers names it, and the video layers
+    by their path under "video."."""
+    return blip2_retrieval.retrieval_slots(model.image_model) | checkpoint.own_slots(model, VIDEO_LAYERS, "video.")
+
+
+def save(model: VideoTextModel, directory: str | os.PathLike, image_directory: str | os.PathLike) -> Path:
+    """Writes a (fine-tuned) selector as a checkpoint folder: still a `Blip2ForImageTextRetrieval` folder, which
+    transformers reads (the video layers aside), with the video layers and their `panda_video` config, and the
+    tokenizer and processor of the folder it started from."""
+    if not isinstance(model, Blip2VideoRetrieval):
+        raise ValueError("only the BLIP-2 selector is saved so far; the CLIP one is not")
+    config = checkpoint.read_config(image_directory) | {VIDEO_CONFIG: dataclasses.asdict(model.video)}
+    path = checkpoint.save_pretrained(directory, config, model, video_slots(model))
+    checkpoint.copy_beside(image_directory, path)
+    return path
+
+
 def load(
     directory: str | os.PathLike,
     dtype: Any = jnp.float32,
@@ -189,15 +213,25 @@ def load(
     video: VideoConfig = VideoConfig(),
     seed: int = 0,
 ) -> VideoTextModel:
-    """The selector for a `Blip2ForImageTextRetrieval` or `CLIPModel` folder, its video layers new.
+    """The selector of a `Blip2ForImageTextRetrieval` or `CLIPModel` folder.
 
-    The image model's parameters go from the file to their place on `mesh` as they are read;
-    the video layers (small, drawn from `seed`) are placed after. Raises CheckpointError for
-    any other architecture before reading a weight.
+    A folder `save` wrote brings its video layers (and their `VideoConfig`, which wins over
+    `video`); any other gets new ones, drawn from `seed`, placed after the image model. The
+    image model's parameters go from the file to their place on `mesh` as they are read.
+    Raises CheckpointError for any other architecture before reading a weight.
     """
     config = checkpoint.read_config(directory, architectures=ARCHITECTURES)
     if set(config.get("architectures") or []) & set(clip.ARCHITECTURES):
         model: VideoTextModel = ClipVideoRetrieval(clip.load(directory, dtype, mesh=mesh), rngs=nnx.Rngs(seed))
+    elif VIDEO_CONFIG in config:
+        image_config = blip2_retrieval.RetrievalConfig.from_hf(config)
+        saved = VideoConfig(**config[VIDEO_CONFIG])
+        model = checkpoint.abstract(lambda: Blip2VideoRetrieval(
+            blip2_retrieval.Blip2Retrieval(image_config, dtype=dtype, rngs=nnx.Rngs(0)), saved, dtype=dtype,
+            rngs=nnx.Rngs(0)))  # fmt: skip
+        checkpoint.fill(checkpoint.SafetensorsCheckpoint(directory), model, video_slots(model), what="the selector",
+                        mesh=mesh)  # fmt: skip
+        return model
     else:
         image_model = blip2_retrieval.load(directory, dtype, mesh=mesh)
         model = Blip2VideoRetrieval(image_model, video, dtype=dtype, rngs=nnx.Rngs(seed))

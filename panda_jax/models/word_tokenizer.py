@@ -53,7 +53,8 @@ def train_word_tokenizer(
         vocab_size=len(specials) + max_words, min_frequency=min_count, special_tokens=specials, show_progress=False
     )
     words.train_from_iterator(texts, trainer)
-    words.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, specials.index(BOS))])
+    bos = (BOS, specials.index(BOS))
+    words.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[bos])
     return PreTrainedTokenizerFast(
         tokenizer_object=words, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, padding_side="left",
         clean_up_tokenization_spaces=False,

@@ -8,7 +8,7 @@ A teacher (configs/teachers.py) is a name, a model family, a checkpoint folder, 
   instructblip_video  InstructBLIP-Video (Vicuna): N frames
   language_model      OPT, LLaMA or T5: the side text alone, no frame
   external            captions made elsewhere (a vLLM or API captioner), read from a JSONL
-  student             the student captioner, once `panda_jax.train` has made one
+  student             the student captioner `python -m panda_jax.train --config=student` made: N frames
 
 Every model family captions through `panda_jax.models.captioner`; this package only says who
 sees what (`frames`, `prompts`) and where the weights are.
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from panda_jax.models import blip2, llama, opt, t5
+from panda_jax.models import blip2, llama, opt, student, t5
 from panda_jax.models.generation import GenerationConfig
 from panda_jax.records import check_id
 
@@ -32,7 +32,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], int | None]] = {
     "instructblip_video": (("InstructBlipVideoForConditionalGeneration",), None),
     "language_model": (opt.ARCHITECTURES + llama.ARCHITECTURES + t5.ARCHITECTURES, 0),
     "external": ((), 0),
-    "student": ((), None),
+    "student": ((student.ARCHITECTURE,), None),
 }
 
 
@@ -56,6 +56,9 @@ def _teacher(name: str, fields: Any, weights_dir: Path) -> Teacher:
     if (frames is None and fields.frames < 1) or (frames is not None and fields.frames != frames):
         wanted = "1 or more" if frames is None else frames
         raise ValueError(f"teacher {name}: a {fields.family} teacher sees {wanted} frames, the config says {fields.frames}")
+    if not fields.checkpoint:
+        hint = " (for the student: --config.checkpoint=DIR)" if fields.family == "student" else ""
+        raise ValueError(f"teacher {name}: no checkpoint folder is set{hint}")
     if fields.family == "language_model" and not fields.side_text:
         raise ValueError(f"teacher {name}: a language_model teacher reads only side text; set side_text=True")
     return Teacher(

@@ -91,6 +91,7 @@ STUDENT_TRANSCRIPTION = "Transcription: {subtitles}"
 STUDENT_METADATA = "Metadata: ['{title}', '{description}']"
 STUDENT_WITH_SIDE_TEXT_TAIL = "Please look at the video and faithfully summarize it in one sentence."
 STUDENT_WITHOUT_SIDE_TEXT = "Please faithfully summarize the following video in one sentence."
+VERSION_STUDENT = "panda70m-student"
 
 
 def student_prompt(side_text: SideText | None, subtitles: bool = True, metadata: bool = True) -> str:
