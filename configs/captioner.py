@@ -32,7 +32,7 @@ under a minute on a CPU; `tiny` alone is `tiny_image`):
 
 import ml_collections
 
-SHAPES = {  # variant → (shape, language, frames, side_text, image size)
+VARIANTS = {  # variant → (shape, language, frames, side_text, image size)
     "image": ("blip2", "opt", 1, False, 64),
     "video": ("instructblip_video", "llama", 8, False, 32),
     "text": ("language_model", "llama", 0, True, 32),
@@ -43,10 +43,10 @@ SHAPES = {  # variant → (shape, language, frames, side_text, image size)
 def get_config(variant: str = "image") -> ml_collections.ConfigDict:
     variant = "tiny_image" if variant == "tiny" else variant
     tiny, name = variant.startswith("tiny_"), variant.removeprefix("tiny_")
-    if name not in SHAPES:
-        choices = ", ".join([*SHAPES, "tiny", *(f"tiny_{shape}" for shape in SHAPES)])
+    if name not in VARIANTS:
+        choices = ", ".join([*VARIANTS, "tiny", *(f"tiny_{known}" for known in VARIANTS)])
         raise ValueError(f"unknown captioner variant {variant!r}; choose from {choices}")
-    shape, language, frames, side_text, image_size = SHAPES[name]
+    shape, language, frames, side_text, image_size = VARIANTS[name]
     config = ml_collections.ConfigDict()
     config.model = "captioner"
     config.captioner = ml_collections.ConfigDict(dict(

@@ -49,6 +49,9 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(
         source="tfds", name="panda70m", data_dir="", split="train", eval_split="",
         synthetic_videos=0, synthetic_eval_videos=0, synthetic_seed=0, synthetic_size=64,
+        # > 0: fine-tune on each clip's teacher captions (this many), the one of `labels` (clip_id → teacher,
+        # a JSONL; synthetic clips carry their own) the positive; 0: clip/caption pairs.
+        candidates=0, labels="",
     ))  # fmt: skip
     config.train = ml_collections.ConfigDict(dict(
         num_frames=config.num_frames, image_size=224, crop_scale=(0.5, 1.0), batch_size=32, steps=0, epochs=10,

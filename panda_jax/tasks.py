@@ -68,31 +68,53 @@ def student_task(config: Any, mesh: Any) -> Task:
 
 
 def retrieval_task(config: Any, mesh: Any) -> Task:
-    """Clip-caption pairs, every other caption of the batch a negative (weight `loss.pair_weight`): VTC and VTM."""
+    """The selector. With `data.candidates` 0: clip-caption pairs, every other caption of the batch a negative
+    (weight `loss.pair_weight`). Otherwise Panda-70M's fine-tuning: each clip's teacher captions, the one people
+    chose positive, the clip's others weighing `loss.same_clip_weight` and other clips' `loss.other_clip_weight`.
+    Both: VTC and VTM on hard negatives drawn by similarity."""
+    from panda_jax.data.pipeline import CandidateText
     from panda_jax.models import video_retrieval
 
     folder = checkpoint_folder(config)
     video = video_retrieval.VideoConfig(max_frames=config.train.num_frames, temporal_layers=config.temporal_layers)
     model = video_retrieval.load(folder, getattr(jnp, config.train.dtype), mesh=mesh, video=video,
                                  seed=config.train.seed)  # fmt: skip
-    weights = config.loss
+    weights, candidates = config.loss, config.data.candidates
+
+    def texts(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+        """(ids, mask, valid, positive text, text's clip) of the batch's texts, flattened."""
+        if not candidates:
+            pairs = jnp.arange(len(batch["input_ids"]))
+            return batch["input_ids"], batch["attention_mask"], jnp.ones_like(pairs, bool), pairs, pairs
+        clips, count = batch["candidate_ids"].shape[:2]
+        ids, mask = (batch[name].reshape(clips * count, -1) for name in ("candidate_ids", "candidate_mask"))
+        positive = jnp.arange(clips) * count + batch["positive"]
+        return ids, mask, batch["candidate_valid"].reshape(-1).astype(bool), positive, jnp.repeat(jnp.arange(clips), count)
 
     def loss(model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        ids, mask, valid, positive, text_video = texts(batch)
         video = model.encode_video(batch["pixel_values"])
-        similarity = model.similarity(video.embeds, model.encode_text(batch["input_ids"], batch["attention_mask"]))
-        pairs = jnp.arange(len(similarity))
-        vtc = losses.vtc_loss(similarity, model.logit_scale[...], pairs, pairs, other_clip_weight=weights.pair_weight)
-        negative_text, negative_video = losses.vtm_hard_negatives(similarity, model.logit_scale[...], pairs, pairs, rng)
-        video_index, text_index, labels = losses.vtm_pairs(pairs, negative_text, negative_video)
+        similarity = model.similarity(video.embeds, model.encode_text(ids, mask))
+        similarity = jnp.where(valid[None, :], similarity, -100.0)  # a missing candidate: never likely, never drawn
+        same, other = (weights.same_clip_weight, weights.other_clip_weight) if candidates else (1.0, weights.pair_weight)
+        scale = model.logit_scale[...]
+        vtc = losses.vtc_loss(similarity, scale, positive, text_video, same_clip_weight=same, other_clip_weight=other)
+        negative_text, negative_video = losses.vtm_hard_negatives(similarity, scale, positive, text_video, rng)
+        video_index, text_index, labels = losses.vtm_pairs(positive, negative_text, negative_video)
         matched = jax.tree.map(lambda features: features[video_index], video)
-        logits = model.match_logits(matched, batch["input_ids"][text_index], batch["attention_mask"][text_index])
+        logits = model.match_logits(matched, ids[text_index], mask[text_index])
         vtm = losses.vtm_loss(logits, labels)
         value = vtc + weights.vtm_weight * vtm
-        return value, {"loss": value, "vtc": vtc, "vtm": vtm, "vtm_accuracy": jnp.mean(logits.argmax(-1) == labels)}
+        # top1: how often the positive scores best among the clip's own candidates (pairs: among all the texts).
+        own = text_video[None, :] == jnp.arange(len(positive))[:, None] if candidates else True
+        top1 = jnp.mean(jnp.where(own, similarity, -jnp.inf).argmax(-1) == positive)
+        return value, {"loss": value, "vtc": vtc, "vtm": vtm, "vtm_accuracy": jnp.mean(logits.argmax(-1) == labels),
+                       "top1": top1}  # fmt: skip
 
     tokenizer = checkpoint.load_tokenizer(folder)
-    return Task(model, nnx.Param, loss, {"tokenizer": tokenizer, "max_text_tokens": config.max_text_tokens},
-                lambda model, directory: video_retrieval.save(model, directory, folder))  # fmt: skip
+    data = ({"text": CandidateText(tokenizer, candidates, config.max_text_tokens)} if candidates
+            else {"tokenizer": tokenizer, "max_text_tokens": config.max_text_tokens})  # fmt: skip
+    return Task(model, nnx.Param, loss, data, lambda model, directory: video_retrieval.save(model, directory, folder))
 
 
 # config.captioner.shape → the panda_jax.teachers.tiny kind whose checkpoint layout it has (around the language model
@@ -250,7 +272,8 @@ def data_sources(config: Any) -> tuple[Any, Any | None]:
     if data.source == "synthetic":
         from panda_jax.data.synthetic import SyntheticClips
 
-        options = dict(size=data.synthetic_size, stored_frames=config.train.num_frames)
+        options = dict(size=data.synthetic_size, stored_frames=config.train.num_frames,
+                       candidates=data.get("candidates", 0))  # fmt: skip
         train = SyntheticClips(data.synthetic_videos, data.synthetic_seed, **options)
         evaluation = SyntheticClips(data.synthetic_eval_videos, data.synthetic_seed, first_video=data.synthetic_videos,
                                     **options) if data.synthetic_eval_videos else None  # fmt: skip
@@ -261,7 +284,15 @@ def data_sources(config: Any) -> tuple[Any, Any | None]:
 
     import tfds_builders.panda70m  # noqa: F401  (registers the builder)
 
+    labels = None
+    if data.get("labels"):  # the selector's fine-tuning set: the clips people labelled
+        from panda_jax.data.pipeline import LabelledSource
+        from panda_jax.selection_report import read_labels
+
+        labels = read_labels(data.labels, [])
+
     def split(name: str) -> Any:
-        return tfds.data_source(data.name, split=name, data_dir=data.data_dir or None)
+        source = tfds.data_source(data.name, split=name, data_dir=data.data_dir or None)
+        return source if labels is None else LabelledSource(source, labels)
 
     return split(data.split), split(data.eval_split) if data.eval_split else None

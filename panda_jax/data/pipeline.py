@@ -226,6 +226,60 @@ class CaptionerText:
         return out
 
 
+def teacher_captions(element: dict[str, Any]) -> list[tuple[str, str]]:
+    """(teacher, caption) pairs of an example: a list of dicts in memory, a dict of arrays from tfds."""
+    captions = element.get("teacher_captions", [])
+    if isinstance(captions, dict):
+        return [(_text(t), _text(c)) for t, c in zip(captions["teacher"], captions["caption"])]
+    return [(_text(c["teacher"]), _text(c["caption"])) for c in captions]
+
+
+class LabelledSource:
+    """The examples of `source` that `labels` (clip_id → the teacher people chose) names, each with its `label`.
+
+    Finding them reads every example once (with `tfds.data_source`, frames included): meant for
+    the labelled subset selection is fine-tuned on, thousands of clips, not millions.
+    """
+
+    def __init__(self, source: ExampleSource, labels: dict[str, str]):
+        self.source, self.labels = source, labels
+        self.indices = [i for i in range(len(source)) if _text(source[i]["clip_id"]) in labels]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        element = dict(self.source[self.indices[index]])
+        return element | {"label": self.labels[_text(element["clip_id"])]}
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateText:
+    """The selector's fine-tuning inputs: every teacher caption of the clip (`num_candidates` rows, missing ones
+    masked) by the selector's tokenizer, and which of them is the `label` (the teacher people chose)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    num_candidates: int
+    max_text_tokens: int = 40
+
+    def __call__(self, element: dict[str, Any], train: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        candidates = teacher_captions(element)[: self.num_candidates]
+        label = _text(element["label"])
+        teachers = [teacher for teacher, _ in candidates]
+        if label not in teachers:
+            raise ValueError(f"clip {_text(element.get('clip_id', '?'))!r}: its label {label!r} is none of its "
+                             f"candidates' teachers {teachers}")  # fmt: skip
+        texts = [caption for _, caption in candidates] + [""] * (self.num_candidates - len(candidates))
+        tokens = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_text_tokens,
+                                return_tensors="np")  # fmt: skip
+        return {
+            "candidate_ids": tokens["input_ids"].astype(np.int32),
+            "candidate_mask": tokens["attention_mask"].astype(np.int32),
+            "candidate_valid": (np.arange(self.num_candidates) < len(candidates)).astype(np.int32),
+            "positive": np.int32(teachers.index(label)),
+        }
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipTransform(grain.transforms.RandomMap):
     """Turns one example dict into model inputs; picklable so grain workers can run it."""

@@ -23,7 +23,10 @@ class SyntheticClips:
     """Events of synthetic videos `first_video` … `first_video + num_videos - 1` of `seed`, as examples."""
 
     def __init__(self, num_videos: int, seed: int, *, size: int = 64, duration: float = 8.0, stored_frames: int = 8,
-                 first_video: int = 0):  # fmt: skip
+                 first_video: int = 0, candidates: int = 0):  # fmt: skip
+        """`candidates` > 0 gives each example that many `teacher_captions` (teachers "t0", "t1", ...): its own
+        caption at a random place, the others other events' captions, and the `label` of the right one, as the
+        selector's fine-tuning data holds them."""
         self.examples: list[dict[str, Any]] = []
         for index in range(first_video, first_video + num_videos):
             spec = sample_video_spec(seed, index, size=size, duration=duration)
@@ -42,6 +45,19 @@ class SyntheticClips:
                     "title": spec.title, "description": spec.description,
                     "subtitles": overlapping_text(subtitles, start, end),
                 })  # fmt: skip
+        if candidates:
+            self._add_candidates(candidates, np.random.default_rng(seed))
+
+    def _add_candidates(self, count: int, rng: np.random.Generator) -> None:
+        captions = sorted({example["caption"] for example in self.examples})
+        count = min(count, len(captions))  # a few clips have fewer; the pipeline masks what is missing
+        for example in self.examples:
+            others = [caption for caption in captions if caption != example["caption"]]
+            chosen = [others[i] for i in rng.choice(len(others), count - 1, replace=False)]
+            right = int(rng.integers(count))
+            chosen.insert(right, example["caption"])
+            example["teacher_captions"] = [{"teacher": f"t{i}", "caption": c} for i, c in enumerate(chosen)]
+            example["label"] = f"t{right}"
 
     def __len__(self) -> int:
         return len(self.examples)
