@@ -38,12 +38,18 @@ softmax, activations and the optimizer left out), per part by what the step comp
       products with its weights (layers and logits)                                2 x forward
       attention's products of two activations (both need gradients)                3 x forward
 
-so 6 x parameters x tokens, right for a model trained whole, would count the frozen 90 % of this one
-three times over. The text Q-Former's detached queries need no input gradient; they are counted as
-if they did (a few per mille over). The same count is the FLOP/s row on a CPU.
+so 6 x parameters x tokens, right for a model trained whole, would count this one's frozen parts (75 %
+of the parameters at `small`, about 99 % around BLIP-2 OPT-2.7B) three times over. The text
+Q-Former's detached queries need no input gradient; they are counted as if they did (a few per mille
+over). The same count gives the model TFLOP/s row on a CPU.
 
     python benchmarks/train_bench.py [--size small|base] [--batch_size B] [--frames T] [--steps 5] [--repeats 3]
     python benchmarks/train_bench.py --size small --batch_size 2 --frames 4     # a few minutes on 2 CPU cores
+    python benchmarks/train_bench.py --size small --torch_threads 1             # PyTorch on a shared, loaded CPU
+
+On a CPU that other jobs share, PyTorch's OpenMP threads stall at every operation's barrier while
+a core is taken (on the 2-core project VM under load: 8.8 s a step with 2 threads, 0.6 s with 1),
+so `--torch_threads 1` gives the fairer peer there; the rounds row shows how much the load moved.
 
 Sizes: `small` (ViT, Q-Former and OPT of 4 layers x 256, vocabulary 8192) runs on a CPU; `base`
 (ViT-B/14, the released Q-Former shape: 12 layers x 768, OPT-125m with its 50,272 vocabulary) is for
@@ -316,6 +322,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps per timed round (default: small 5, base 10)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per side; the best is shown (default 3)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default: bf16 on a GPU)")
+    parser.add_argument("--torch_threads", type=int, help="PyTorch's CPU threads (default: all cores, its default)")
     parser.add_argument("--seed", type=int, default=0, help="weights and batch seed")
     args = parser.parse_args()
 
@@ -331,7 +338,8 @@ def main() -> None:
         setattr(args, name, getattr(args, name) or size[name])
     args.dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
     device = torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")
-    torch.set_num_threads(os.cpu_count() or 1)
+    peer = device.type == "cuda" or not on_gpu  # PyTorch on a CPU is no peer for JAX on a GPU: ours alone then
+    torch.set_num_threads(args.torch_threads or os.cpu_count() or 1)
     load = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -378,14 +386,16 @@ def main() -> None:
         counter["their loss"] = loss.item()
         return time.perf_counter() - start
 
-    first = {"ours": our_steps(1), "theirs": their_steps(1)}
-    first_loss = (counter["loss"], counter["their loss"])
-    our_steps(1), their_steps(1)  # warm-up: allocators, caches, the optimizer's first moments
-    rounds: dict[str, list[float]] = {"ours": [], "theirs": []}
+    sides = {"theirs": their_steps, "ours": our_steps} if peer else {"ours": our_steps}
+    first = {side: steps(1) for side, steps in sides.items()}
+    first_loss = f"ours {counter['loss']:.5f}, PyTorch " + (f"{counter['their loss']:.5f}" if peer else "not run")
+    for steps in sides.values():
+        steps(1)  # warm-up: allocators, caches, the optimizer's first moments
+    rounds: dict[str, list[float]] = {side: [] for side in sides}
     for _ in range(args.repeats):
-        rounds["theirs"].append(their_steps(args.steps))
-        rounds["ours"].append(our_steps(args.steps))
-    best = {side: min(seconds) for side, seconds in rounds.items()}
+        for side, steps in sides.items():
+            rounds[side].append(steps(args.steps))
+    step_s = {side: min(seconds) / args.steps for side, seconds in rounds.items()}
     load_after = os.getloadavg()
     flops = step_flops(config, args)
     xla_flops, xla_error = None, "no flops in it"
@@ -408,22 +418,26 @@ def main() -> None:
     print(f"batch: {args.batch_size} clips x {args.frames} frames, prompt {args.prompt_tokens} and caption "
           f"{args.caption_tokens} tokens (padded), LM sequence {1 + 2 * QUERIES + args.caption_tokens}; "
           f"AdamW on the trainable parameters; best of {args.repeats} rounds of {args.steps} steps")
-    print(f"first-step loss (same weights, same batch): ours {first_loss[0]:.5f}, PyTorch {first_loss[1]:.5f}\n")
-    their_rate = args.batch_size * args.steps / best["theirs"]
-    our_rate = args.batch_size * args.steps / best["ours"]
-    print(f"{'':30s} {'PyTorch':>12s} {'panda-jax':>12s} {'JAX/PyTorch':>12s}")
-    print(f"{'examples/s':30s} {their_rate:12.2f} {our_rate:12.2f} {our_rate / their_rate:11.2f}x")
-    step_s = {side: best[side] / args.steps for side in best}
-    print(f"{'step (s)':30s} {step_s['theirs']:12.3f} {step_s['ours']:12.3f}")
-    print(f"{'rounds (s)':30s} {' '.join(f'{x:.2f}' for x in rounds['theirs']):>12s} "
-          f"{' '.join(f'{x:.2f}' for x in rounds['ours']):>12s}")
-    print(f"{'first step (s)':30s} {first['theirs']:12.2f} {first['ours']:12.2f}   (ours: trace + compile + run)")
-    rate = {side: flops["total"] / step_s[side] for side in step_s}
-    print(f"{'model TFLOP/s':30s} {rate['theirs'] / 1e12:12.4f} {rate['ours'] / 1e12:12.4f}")
+    print(f"first-step loss (same weights, same batch): {first_loss}\n")
+    if not peer:
+        print("PyTorch here has no CUDA, so no PyTorch column: a CPU is no peer for a GPU\n")
+    rate = {side: args.batch_size / seconds for side, seconds in step_s.items()}
+    achieved = {side: flops["total"] / seconds for side, seconds in step_s.items()}
+
+    def row(name: str, values: dict[str, object], form: str, ratio: str = "") -> None:
+        cells = [format(values[side], form) if side in values else "-" for side in ("theirs", "ours")]
+        print(f"{name:30s} {cells[0]:>12s} {cells[1]:>12s} {ratio:>12s}")
+
+    row("", {"theirs": "PyTorch", "ours": "panda-jax"}, "s", "JAX/PyTorch")
+    row("examples/s", rate, ".2f", f"{rate['ours'] / rate['theirs']:.2f}x" if peer else "")
+    row("step (s)", step_s, ".3f")
+    row("rounds (s)", {side: " ".join(f"{x:.2f}" for x in seconds) for side, seconds in rounds.items()}, "s")
+    row("first step (s)", first, ".2f", "ours: trace + compile + run")
+    row("model TFLOP/s", {side: value / 1e12 for side, value in achieved.items()}, ".4f")
     peak = peak_flops(jax_device.device_kind) if on_gpu else None
     if peak:
-        print(f"{'MFU (peak bf16 ' + format(peak / 1e12, '.0f') + ' TFLOP/s)':30s} "
-              f"{rate['theirs'] / peak:11.1%} {rate['ours'] / peak:12.1%}")  # fmt: skip
+        mfu = {side: value / peak for side, value in achieved.items()}
+        row(f"MFU (peak bf16 {peak / 1e12:.0f} TFLOP/s)", mfu, ".1%")
     elif on_gpu:
         print(f"MFU: no peak FLOP/s known for {jax_device.device_kind!r}")
     else:

@@ -18,7 +18,7 @@ from panda_jax.records import Selection, write_jsonl
 EXACT = {"a.0000": "A red car drives down the road.", "b.0000": "Two dogs play in the snow"}
 
 
-@pytest.mark.slow  # METEOR's Java process loads its paraphrase table for 10 s or more
+@pytest.mark.heavy  # METEOR's Java process loads its paraphrase table for 10 to 30 s
 def test_a_prediction_equal_to_its_reference_scores_full_marks():
     exact_metrics = caption_metrics(EXACT, {clip: [caption.lower()] for clip, caption in EXACT.items()})
     assert list(exact_metrics) == ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]

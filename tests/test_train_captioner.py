@@ -72,7 +72,8 @@ def distinct_clips(config, text, count: int = 4) -> list[dict]:
 VARIANTS = {"tiny_video": {}, "tiny_text": {"language": "opt"}}
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
+# The InstructBLIP-Video step compiles for a minute on 2 cores: `pytest -m heavy` runs it.
+@pytest.fixture(scope="module", params=[pytest.param("tiny_video", marks=pytest.mark.heavy), "tiny_text"])
 def trained(request, tmp_path_factory) -> dict:
     """A tiny captioner overfitted on 4 clips with adam through the task's loss, and exported."""
     config = cli.load_config(f"captioner:{request.param}")

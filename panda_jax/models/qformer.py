@@ -177,6 +177,18 @@ def query_token_slots(tokens: QueryTokens, name: str = "query_tokens") -> dict[s
     return {name: Slot.reshaped(tokens.embedding, (1, *tokens.embedding.shape))}
 
 
+def frame_queries(model: Any, pixel_values: jax.Array, max_frames: int) -> tuple[jax.Array, jax.Array]:
+    """Every frame of clips [B, T, 3, H, W] through a BLIP-2-style model's vision encoder and Q-Former (its
+    `vision_model`, `query_tokens`, `qformer`): (patch features [B·T, patches, width], query outputs [B, T, queries,
+    hidden]). The models that read clips frame by frame (the selector, the student) have `max_frames` positions."""
+    clips, frames = pixel_values.shape[:2]
+    if frames > max_frames:
+        raise ValueError(f"{frames} frames per clip, but the model has frame positions for {max_frames}")
+    features = model.vision_model(pixel_values.reshape(clips * frames, *pixel_values.shape[2:]))
+    queries = model.qformer(model.query_tokens(clips * frames), features)
+    return features, queries.reshape(clips, frames, *queries.shape[1:])
+
+
 class QFormer(nnx.Module):
     """Queries and/or text tokens, and the image features → hidden states [batch, queries + text, hidden].
 

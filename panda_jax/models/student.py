@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 from panda_jax.models import blip2, checkpoint, generation
 from panda_jax.models.blip2 import Blip2
 from panda_jax.models.layers import embedding, linear
-from panda_jax.models.qformer import QFormer, QueryTokens
+from panda_jax.models.qformer import QFormer, QueryTokens, frame_queries
 from panda_jax.models.sharding import logical
 
 
@@ -84,12 +84,8 @@ class Student(nnx.Module):
         """(video Q-Former outputs [B, queries, Q-Former width], video tokens [B, queries, LM width]) of
         pixel values [B, T, 3, H, W]."""
         clips, frames = pixel_values.shape[:2]
-        if frames > self.config.num_frames:
-            raise ValueError(f"{frames} frames per clip, but the student has positions for {self.config.num_frames}")
-        image = self.image_model
-        features = image.vision_model(pixel_values.reshape(clips * frames, *pixel_values.shape[2:]))
-        per_frame = image.qformer(image.query_tokens(clips * frames), features)
-        per_frame = per_frame.reshape(clips, frames, *per_frame.shape[1:]) + self.frame_position[:frames][:, None]
+        _, per_frame = frame_queries(self.image_model, pixel_values, self.config.num_frames)
+        per_frame = per_frame + self.frame_position[:frames][:, None]
         video = self.video_qformer(self.video_queries(clips), per_frame.reshape(clips, -1, per_frame.shape[-1]))
         return video, self.video_projection(video)
 

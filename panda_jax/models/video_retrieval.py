@@ -44,6 +44,7 @@ from jax.sharding import Mesh
 from panda_jax.models import blip2_retrieval, checkpoint, clip, sharding
 from panda_jax.models.blip2_retrieval import Blip2Retrieval, itc_similarity, l2_normalize
 from panda_jax.models.blip2_vision import VisionConfig, VisionLayer
+from panda_jax.models.qformer import frame_queries
 from panda_jax.models.clip import CLIPModel
 from panda_jax.models.sharding import logical
 
@@ -124,13 +125,10 @@ class Blip2VideoRetrieval(VideoTextModel):
 
     def encode_video(self, pixel_values: jax.Array) -> VideoFeatures:
         clips, frames = pixel_values.shape[:2]
-        if frames > self.video.max_frames:
-            raise ValueError(f"{frames} frames per clip, but the model has positions for {self.video.max_frames}")
         model = self.image_model
-        features = model.image_features(pixel_values.reshape(clips * frames, *pixel_values.shape[2:]))
-        queries = model.qformer(model.query_tokens(clips * frames), features)
-        num_queries, width = queries.shape[1:]
-        x = queries.reshape(clips, frames, num_queries, width) + self.frame_position[:frames][None, :, None]
+        features, queries = frame_queries(model, pixel_values, self.video.max_frames)
+        num_queries, width = queries.shape[2:]
+        x = queries + self.frame_position[:frames][None, :, None]
         x = x.transpose(0, 2, 1, 3).reshape(clips * num_queries, frames, width)  # attend across frames, per query
         for layer in self.temporal_layers:
             x = layer(x)
