@@ -65,7 +65,7 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
                                                  vtm_weight=1.0))  # fmt: skip
     if variant == "tiny":
         config.data.update(source="synthetic", synthetic_videos=4, synthetic_eval_videos=1, synthetic_size=32)
-        config.train.update(image_size=28, batch_size=4, steps=40, epochs=0, learning_rate=1e-3, warmup_init=1e-3,
+        config.train.update(image_size=28, batch_size=4, steps=20, epochs=0, learning_rate=1e-3, warmup_init=1e-3,
                             end_learning_rate=1e-3, log_every=10, eval_every=20, checkpoint_every=10, workers=0)
 
     # The select stage.

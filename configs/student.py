@@ -50,7 +50,7 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
         config.student.update(num_frames=4, num_queries=4, max_prompt_tokens=64)
         config.max_caption_tokens = 16
         config.data.update(source="synthetic", synthetic_videos=4, synthetic_eval_videos=1, synthetic_size=32)
-        config.train.update(num_frames=4, image_size=28, batch_size=4, steps=40, learning_rate=3e-3, warmup_init=3e-4,
+        config.train.update(num_frames=4, image_size=28, batch_size=4, steps=20, learning_rate=3e-3, warmup_init=3e-4,
                             warmup_steps=5, end_learning_rate=1e-3, dtype="float32", log_every=10, eval_every=20,
                             checkpoint_every=10, workers=0)  # fmt: skip
         config.generation.update(num_beams=1, max_new_tokens=8)

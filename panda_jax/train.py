@@ -156,7 +156,9 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
                                 worker_count=train.workers, **pipeline))  # fmt: skip
     optimizer = nnx.Optimizer(task.model, optax.adamw(learning_rate_schedule(train, steps), b1=train.b1, b2=train.b2,
                                                       weight_decay=train.weight_decay), wrt=task.trainable)  # fmt: skip
-    sharding.shard_model(optimizer, mesh)  # its state placed like the parameters: one compilation of the step
+    if train.fsdp:  # parameters and optimizer state split over 'data' too, gathered where a step needs them
+        sharding.shard_model(task.model, mesh, fsdp=True)
+    sharding.shard_model(optimizer, mesh, fsdp=train.fsdp)  # placed like the parameters: one compilation
     manager = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
         max_to_keep=train.keep_checkpoints, create=True))  # fmt: skip
     start = manager.latest_step() or 0

@@ -140,27 +140,33 @@ config = cli.load_config("retrieval:tiny")
 config.weights_dir = {weights!r}
 config.train.batch_size = 8
 results = []
-for devices in (jax.devices()[:1], jax.devices()):
+for devices, fsdp in ((jax.devices()[:1], False), (jax.devices(), False), (jax.devices(), True)):
     mesh = sharding.make_mesh(data=len(devices), model=1, devices=devices)
     task = tasks.TASKS["retrieval"](config, mesh)
     source, _ = tasks.data_sources(config)
     batch = next(iter(make_dataset(source, train=True, batch_size=8, num_frames=4, image_size=28, **task.data)))
     # Plain SGD: an update proportional to the gradient, so equal gradients give equal parameters.
     optimizer = nnx.Optimizer(task.model, optax.sgd(0.1), wrt=task.trainable)
-    sharding.shard_model(optimizer, mesh)
+    if fsdp:
+        sharding.shard_model(task.model, mesh, fsdp=True)
+        kernel = task.model.image_model.vision_model.layers[0].mlp.fc1.kernel
+        assert "data" in tuple(kernel[...].sharding.spec), kernel[...].sharding
+    sharding.shard_model(optimizer, mesh, fsdp=fsdp)
     step = train.make_train_step(task, 1)
     for i in range(2):
         metrics = step(task.model, optimizer, train.shard(train.model_inputs(batch), mesh), jax.random.key(i))
     results.append(jax.device_get(nnx.to_pure_dict(nnx.state(task.model, nnx.Param))))
-    print(len(devices), "devices: loss", float(metrics["loss"]), flush=True)
-jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), *results)
+    print(len(devices), "devices, fsdp" if fsdp else "devices:", "loss", float(metrics["loss"]), flush=True)
+for other in results[1:]:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), results[0], other)
 print("equal")
 """
 
 
 @pytest.mark.heavy
 def test_two_steps_on_eight_devices_equal_two_steps_on_one(weights):
-    """The batch split over 8 CPU devices ('data'), the parameters replicated: the same parameters after two steps."""
+    """The batch split over 8 CPU devices ('data'), the parameters replicated, then also split over 'data' (FSDP):
+    the same parameters after two steps."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     script = textwrap.dedent(SHARDED_STEP.format(weights=str(weights)))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)

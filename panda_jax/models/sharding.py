@@ -87,27 +87,45 @@ def _fits(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> PartitionSpe
     return PartitionSpec(*axes)
 
 
+def fully_sharded(shape: Sequence[int], spec: PartitionSpec, mesh: Mesh) -> PartitionSpec:
+    """`spec` with 'data' added on the largest dimension it divides that nothing shards yet (FSDP: each
+    data-parallel device keeps a slice of every large parameter and of its optimizer state, gathered when used)."""
+    axes = list(tuple(spec) + (None,) * (len(shape) - len(spec)))
+    size = mesh.shape["data"]
+    free = [i for i, axis in enumerate(axes) if axis is None and shape[i] % size == 0]
+    if size == 1 or "data" in axes or not free:
+        return spec
+    axes[max(free, key=lambda i: shape[i])] = "data"
+    return PartitionSpec(*axes)
+
+
 def variable_sharding(
-    variable: nnx.Variable, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES
+    variable: nnx.Variable, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES, fsdp: bool = False
 ) -> NamedSharding:
-    """Where `variable` goes on `mesh`: its logical axes placed by the rules, as far as its shape divides."""
+    """Where `variable` goes on `mesh`: its logical axes placed by the rules, as far as its shape divides; with
+    `fsdp`, also split over 'data' (`fully_sharded`)."""
     names = variable.get_metadata().get("logical_axes")
-    return NamedSharding(mesh, _fits(variable.shape, partition_spec(names, rules), mesh))
+    spec = _fits(variable.shape, partition_spec(names, rules), mesh)
+    return NamedSharding(mesh, fully_sharded(variable.shape, spec, mesh) if fsdp else spec)
 
 
-def parameter_shardings(model: nnx.Module, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES) -> Any:
+def parameter_shardings(
+    model: nnx.Module, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES, fsdp: bool = False
+) -> Any:
     """A NamedSharding for every variable of `model` (its state's tree structure)."""
     return jax.tree.map(
-        lambda variable: variable_sharding(variable, mesh, rules),
+        lambda variable: variable_sharding(variable, mesh, rules, fsdp),
         nnx.state(model),
         is_leaf=lambda x: isinstance(x, nnx.Variable),
     )
 
 
-def shard_model(model: nnx.Module, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES) -> nnx.Module:
+def shard_model(
+    model: nnx.Module, mesh: Mesh, rules: Sequence[tuple[str, str | None]] = RULES, fsdp: bool = False
+) -> nnx.Module:
     """Moves `model`'s variables onto `mesh` as the rules place them (in place; returns it)."""
     state = nnx.state(model)
-    shardings = parameter_shardings(model, mesh, rules)
+    shardings = parameter_shardings(model, mesh, rules, fsdp)
     nnx.update(model, jax.device_put(state, shardings))
     return model
 
