@@ -7,7 +7,7 @@ runs it and as a user would otherwise write it:
   * ours: `panda_jax.tasks.student_task` (the model, its loss and trainable filter, as
     `python -m panda_jax.train --config=student` builds them) and `panda_jax.train.make_train_step(task, 1)`
     with optax AdamW on the trainable parameters only, each step fed a pipeline-shaped batch through
-    `train.model_inputs` (frames to NCHW) and `train.shard`, exactly as the loop does;
+    `train.model_inputs` (frames to NCHW) and `sharding.shard_batch`, exactly as the loop does;
   * theirs: the same student in PyTorch from transformers' parts: the checkpoint's `Blip2VisionModel`,
     `Blip2QFormerModel` and `query_tokens`, and `OPTForCausalLM`, frozen with `requires_grad_(False)`;
     two new 2-layer `Blip2QFormerModel`s (video: cross-attends to the frames' query outputs, at the
@@ -327,6 +327,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from panda_jax import train
+    from panda_jax.models import sharding
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -365,7 +366,7 @@ def main() -> None:
         start = time.perf_counter()
         for _ in range(count):
             counter["ours"] += 1
-            inputs = train.shard(train.model_inputs(batch), mesh)
+            inputs = sharding.shard_batch(train.model_inputs(batch), mesh)
             metrics = train_step(task.model, optimizer, inputs, jax.random.fold_in(key, counter["ours"]))
         jax.block_until_ready(metrics)
         counter["loss"] = float(metrics["loss"])
@@ -400,7 +401,7 @@ def main() -> None:
     flops = step_flops(config, args)
     xla_flops, xla_error = None, "no flops in it"
     try:  # XLA's own count of the traced step, for a check of ours (before its optimisations)
-        lowered = train_step.lower(task.model, optimizer, train.shard(train.model_inputs(batch), mesh), key)
+        lowered = train_step.lower(task.model, optimizer, sharding.shard_batch(train.model_inputs(batch), mesh), key)
         analysis = lowered.cost_analysis()
         xla_flops = (analysis[0] if isinstance(analysis, list) else analysis).get("flops")
     except Exception as error:  # noqa: BLE001  (an optional cross-check; its absence is reported)

@@ -202,33 +202,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems += missing
     stage = CaptionStage(config, teachers, external)
     out = Path(config.out)
-    began = time.perf_counter()
-    try:
-        summary = stages.run(stage, shards, out, 1, problems)
-    except stages.StageSetupError as error:
-        print(f"python -m panda_jax.caption: error: {error}", file=sys.stderr)
+    ran = clip_stage.run(stage, shards, out, problems, "python -m panda_jax.caption")
+    if ran is None:
         return 2
+    summary, seconds = ran
     counters = stage.counters
-    seconds = time.perf_counter() - began
-    report = {
-        "teachers": [t.name for t in teachers], "shards": summary.shards, "reused": summary.reused,
-        "failed_shards": summary.failed, "clips_captioned": counters.clips, "captions": counters.captions,
-        "generated_tokens": counters.tokens, "compiles": counters.compiles, "seconds": round(seconds, 3),
-        "clips_per_second": counters.per_second(counters.clips), "tokens_per_second": counters.per_second(counters.tokens),
-        "merged": summary.merged,
-    }  # fmt: skip
+    report = {"teachers": [t.name for t in teachers], **counters.report(summary, seconds, "captioned"),
+              "captions": counters.captions, "generated_tokens": counters.tokens,
+              "tokens_per_second": counters.per_second(counters.tokens)}  # fmt: skip
     if summary.merged:  # process 0 of a multi-host run, or the only process
         clip_stage.write_summary(out, report)
-    failed = summary.failed + len(problems)
     print(
         f"captioned {counters.clips} clips with {len(teachers)} teachers in {seconds:.1f} s "
         f"({report['clips_per_second']} clips/s, {report['tokens_per_second']} tokens/s, {counters.compiles} compiles); "
         f"{summary.reused} of {summary.shards} shards already done"
         + (f"; {out / 'captions.jsonl'} holds {summary.merged.get(Caption.KIND, 0)} captions" if summary.merged else "")
     )
-    if failed:
-        print(f"some clips failed: see {out / 'failures.jsonl'}")
-    return 1 if failed else 0
+    return clip_stage.exit_status(summary, problems, out)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import collections
 import concurrent.futures
 import dataclasses
 import json
+import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +60,36 @@ class Counters:
 
     def per_second(self, amount: int) -> float | None:
         return round(amount / self.seconds, 3) if self.seconds else None
+
+    def report(self, summary: stages.Summary, seconds: float, done: str) -> dict[str, Any]:
+        """What every clip stage's summary.json holds (`clips_<done>`: the clips this process did); a stage adds
+        its own numbers."""
+        return {
+            "shards": summary.shards, "reused": summary.reused, "failed_shards": summary.failed,
+            f"clips_{done}": self.clips, "compiles": self.compiles, "seconds": round(seconds, 3),
+            "clips_per_second": self.per_second(self.clips), "merged": summary.merged,
+        }  # fmt: skip
+
+
+def run(stage: Any, shards: Sequence[stages.Shard], out: Path, problems: list[Problem],
+        program: str) -> tuple[stages.Summary, float] | None:  # fmt: skip
+    """Runs a clip stage's shards in this process: (summary, seconds), or None after saying why the stage could not
+    be set up (a checkpoint that cannot be loaded)."""
+    began = time.perf_counter()
+    try:
+        summary = stages.run(stage, shards, out, 1, problems)
+    except stages.StageSetupError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return None
+    return summary, time.perf_counter() - began
+
+
+def exit_status(summary: stages.Summary, problems: Sequence[Problem], out: Path) -> int:
+    """1 when a clip failed (pointing at failures.jsonl), else 0."""
+    if summary.failed or problems:
+        print(f"some clips failed: see {out / 'failures.jsonl'}")
+        return 1
+    return 0
 
 
 def local_mesh(spec: str) -> Mesh:

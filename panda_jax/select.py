@@ -35,7 +35,7 @@ from absl import flags
 from panda_jax import cli, clip_stage, selection_report, stages
 from panda_jax.models import checkpoint, sharding
 from panda_jax.records import Caption, Clip, Failure, Problem, Selection, Video, read_records
-from panda_jax.teachers import frames
+from panda_jax.teachers import frames, tiny
 
 log = logging.getLogger("panda_jax.select")
 
@@ -130,11 +130,6 @@ class SelectStage:
         return records
 
 
-def checkpoint_folder(config: Any) -> Path:
-    """The selector's checkpoint folder: `checkpoint` under `weights_dir` (an absolute `checkpoint` stands alone)."""
-    return (Path(config.weights_dir).expanduser() / Path(config.checkpoint).expanduser()).absolute()
-
-
 def _define_flags(flag_values: flags.FlagValues) -> None:
     clip_stage.define_flags(flag_values, "the `clips` records whose captions to choose (split's clips.jsonl)",
                             "clips per scoring call")  # fmt: skip
@@ -169,11 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sharding.parse_mesh(config.mesh)
     except (OSError, ValueError) as error:
         fail(str(error))
-    folder = checkpoint_folder(config)
-    if config.tiny:
-        from panda_jax.teachers import tiny
-
-        tiny.ensure_tiny_checkpoint(config.tiny, folder)
+    folder = tiny.checkpoint_folder(config)
     if not (folder / checkpoint.CONFIG_NAME).is_file():
         fail(f"no selector checkpoint in {folder}: put a Blip2ForImageTextRetrieval or CLIPModel folder there, set "
              "--config.weights_dir, or give --checkpoint DIR (README: caption selection)")  # fmt: skip
@@ -194,35 +185,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems += missing
     stage = SelectStage(config, teachers, folder)
     out = Path(config.out)
-    began = time.perf_counter()
-    try:
-        summary = stages.run(stage, shards, out, 1, problems)
-    except stages.StageSetupError as error:
-        print(f"python -m panda_jax.select: error: {error}", file=sys.stderr)
+    ran = clip_stage.run(stage, shards, out, problems, "python -m panda_jax.select")
+    if ran is None:
         return 2
-    counters, seconds = stage.counters, time.perf_counter() - began
+    summary, seconds = ran
+    counters = stage.counters
     if summary.merged:  # process 0 of a multi-host run, or the only process
         selections = list(read_records(out / f"{Selection.KIND}.jsonl", Selection))
         numbers = selection_report.report_numbers(selections, teachers, labels, config.threshold)
         details = {"selector": str(folder), "frames per clip": config.num_frames, "captions": flag_values["captions"].value}
         selection_report.write_report(numbers, out, details=details)
-        report = {
-            "teachers": teachers, "shards": summary.shards, "reused": summary.reused, "failed_shards": summary.failed,
-            "clips_scored": counters.clips, "captions_scored": counters.captions, "compiles": counters.compiles,
-            "seconds": round(seconds, 3),
-            "clips_per_second": counters.per_second(counters.clips), "merged": summary.merged,
-            "report": numbers.to_dict(),
-        }  # fmt: skip
+        report = {"teachers": teachers, **counters.report(summary, seconds, "scored"),
+                  "captions_scored": counters.captions, "report": numbers.to_dict()}  # fmt: skip
         clip_stage.write_summary(out, report)
         agreement = "" if numbers.agreement is None else f"; top-1 agreement with the labels {numbers.agreement:.1%}"
         print(f"selected captions of {numbers.clips} clips among {len(teachers)} teachers; "
               f"{numbers.strong_matches} above {config.threshold}{agreement}; report in {out / 'report.md'}")  # fmt: skip
     print(f"scored {counters.clips} clips in {seconds:.1f} s ({counters.compiles} compiles); "
           f"{summary.reused} of {summary.shards} shards already done")  # fmt: skip
-    failed = summary.failed + len(problems)
-    if failed:
-        print(f"some clips failed: see {out / 'failures.jsonl'}")
-    return 1 if failed else 0
+    return clip_stage.exit_status(summary, problems, out)
 
 
 if __name__ == "__main__":

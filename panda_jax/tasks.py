@@ -22,6 +22,7 @@ from flax import nnx
 
 from panda_jax import losses
 from panda_jax.models import checkpoint
+from panda_jax.teachers import tiny
 
 
 @dataclasses.dataclass
@@ -36,21 +37,11 @@ class Task:
     export: Callable[[nnx.Module, Path], None] | None = None
 
 
-def checkpoint_folder(config: Any) -> Path:
-    """The model's starting checkpoint: `checkpoint` under `weights_dir`, written first if it is a tiny kind."""
-    folder = (Path(config.weights_dir).expanduser() / Path(config.checkpoint).expanduser()).absolute()
-    if config.tiny:
-        from panda_jax.teachers import tiny
-
-        tiny.ensure_tiny_checkpoint(config.tiny, folder)
-    return folder
-
-
 def student_task(config: Any, mesh: Any) -> Task:
     from panda_jax.data.pipeline import StudentText
     from panda_jax.models import student
 
-    folder = checkpoint_folder(config)
+    folder = tiny.checkpoint_folder(config)
     model = student.from_blip2(folder, student.StudentConfig(**config.student), getattr(jnp, config.train.dtype),
                                mesh=mesh, seed=config.train.seed)  # fmt: skip
 
@@ -75,7 +66,7 @@ def retrieval_task(config: Any, mesh: Any) -> Task:
     from panda_jax.data.pipeline import CandidateText
     from panda_jax.models import video_retrieval
 
-    folder = checkpoint_folder(config)
+    folder = tiny.checkpoint_folder(config)
     video = video_retrieval.VideoConfig(max_frames=config.train.num_frames, temporal_layers=config.temporal_layers)
     model = video_retrieval.load(folder, getattr(jnp, config.train.dtype), mesh=mesh, video=video,
                                  seed=config.train.seed)  # fmt: skip
@@ -127,7 +118,6 @@ def captioner_kind(shape: str, language: str) -> Any:
     """The `tiny.Kind` (architecture, config reader, module, slots, placeholder) of a captioner of `shape` around
     an OPT or LLaMA `language` model; refuses what our loaders do not read (InstructBLIP around OPT)."""
     from panda_jax.models import llama
-    from panda_jax.teachers import tiny
 
     if shape not in CAPTIONER_SHAPES:
         raise ValueError(f"captioner.shape must be one of {', '.join(CAPTIONER_SHAPES)}, not {shape!r}")
@@ -143,7 +133,6 @@ def captioner_kind(shape: str, language: str) -> Any:
 def captioner_config(config: Any, kind: Any, tokenizer: Any) -> dict[str, Any]:
     """config.json of the captioner `config.captioner` describes, in transformers' layout for its `kind`: the sizes
     of the config over panda_jax.teachers.tiny's settings, the vocabulary and special tokens of `tokenizer`."""
-    from panda_jax.teachers import tiny
 
     spec, sizes = config.captioner, config.captioner.text
     text = dict(hidden_size=sizes.hidden_size, num_hidden_layers=sizes.num_hidden_layers,
@@ -183,7 +172,7 @@ def captioner_task(config: Any, mesh: Any) -> Task:
     """
     from panda_jax.data.pipeline import CaptionerText, captioner_corpus
     from panda_jax.models import load, student, word_tokenizer
-    from panda_jax.teachers import prompts, tiny
+    from panda_jax.teachers import prompts
 
     spec, train = config.captioner, config.train
     kind = captioner_kind(spec.shape, spec.language)

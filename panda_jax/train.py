@@ -74,22 +74,19 @@ def make_train_step(task: Task, accumulation: int) -> Callable:
     return train_step
 
 
-def evaluate(task: Task, mesh: Any, batches: Iterator[dict[str, Any]], step: int) -> dict[str, float]:
-    """Mean metrics over the eval set (no parameter changes; the loss's random draws fixed by the step)."""
-    evaluate_step = nnx.jit(lambda model, batch, rng: task.loss(model, batch, rng)[1])
+def evaluate(task: Task, eval_step: Callable, mesh: Any, batches: Iterator[dict[str, Any]], step: int) -> dict[str, float]:
+    """Mean metrics over the eval set of `eval_step` (the task's loss, jitted once for the run; no parameter
+    changes; the loss's random draws fixed by the step)."""
     sums: dict[str, float] = {}
     count = 0
     for number, batch in enumerate(batches):
-        metrics = evaluate_step(task.model, shard(model_inputs(batch), mesh), jax.random.key(number + step))
+        inputs = sharding.shard_batch(model_inputs(batch), mesh)
+        metrics = eval_step(task.model, inputs, jax.random.key(number + step))
         size = len(batch["frames"])
         for name, value in metrics.items():
             sums[name] = sums.get(name, 0.0) + float(value) * size
         count += size
     return {name: value / count for name, value in sums.items()} if count else {}
-
-
-def shard(batch: dict[str, np.ndarray], mesh: Any) -> dict[str, jax.Array]:
-    return sharding.shard_batch(batch, mesh)
 
 
 # --- Checkpoints and metrics ----------------------------------------------------------------
@@ -154,7 +151,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     pipeline = dict(num_frames=train.num_frames, image_size=train.image_size, seed=train.seed, **task.data)
     batches = iter(make_dataset(train_source, train=True, batch_size=train.batch_size, crop_scale=tuple(train.crop_scale),
                                 worker_count=train.workers, **pipeline))  # fmt: skip
-    optimizer = nnx.Optimizer(task.model, optax.adamw(learning_rate_schedule(train, steps), b1=train.b1, b2=train.b2,
+    schedule = learning_rate_schedule(train, steps)
+    optimizer = nnx.Optimizer(task.model, optax.adamw(schedule, b1=train.b1, b2=train.b2,
                                                       weight_decay=train.weight_decay), wrt=task.trainable)  # fmt: skip
     if train.fsdp:  # parameters and optimizer state split over 'data' too, gathered where a step needs them
         sharding.shard_model(task.model, mesh, fsdp=True)
@@ -170,6 +168,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
         log.info("resumed from step %d of %d in %s", start, steps, workdir)
     writer = MetricWriter(workdir, start)
     train_step = make_train_step(task, train.grad_accumulation)
+    eval_step = nnx.jit(lambda model, batch, rng: task.loss(model, batch, rng)[1])
     key = jax.random.key(train.seed)
 
     def eval_batches() -> Iterator[dict[str, Any]]:
@@ -177,16 +176,16 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
 
     began, trained, metrics = time.perf_counter(), 0, {}
     for step in range(start + 1, steps + 1):
-        batch = shard(model_inputs(next(batches)), mesh)
+        batch = sharding.shard_batch(model_inputs(next(batches)), mesh)
         metrics = train_step(task.model, optimizer, batch, jax.random.fold_in(key, step))
         trained += 1
         if step % train.log_every == 0 or step == steps:
             elapsed = time.perf_counter() - began
             writer.write(step, "train", {name: float(value) for name, value in metrics.items()}
-                         | {"learning_rate": float(learning_rate_schedule(train, steps)(step - 1)),
+                         | {"learning_rate": float(schedule(step - 1)),
                             "examples_per_second": trained * train.batch_size / elapsed})  # fmt: skip
         if eval_source is not None and (step % train.eval_every == 0 or step == steps):
-            writer.write(step, "eval", evaluate(task, mesh, eval_batches(), step))
+            writer.write(step, "eval", evaluate(task, eval_step, mesh, eval_batches(), step))
         if step % train.checkpoint_every == 0 or step == steps:
             manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(saved_state(task.model, optimizer, task.trainable)),

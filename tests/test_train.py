@@ -39,7 +39,7 @@ def first_batch(config, task, mesh) -> dict:
     source, _ = tasks.data_sources(config)
     batches = make_dataset(source, train=True, batch_size=config.train.batch_size, num_frames=config.train.num_frames,
                            image_size=config.train.image_size, **task.data)  # fmt: skip
-    return train.shard(train.model_inputs(next(iter(batches))), mesh)
+    return sharding.shard_batch(train.model_inputs(next(iter(batches))), mesh)
 
 
 def fit(task, batch, mesh, steps: int, learning_rate: float) -> list[dict]:
@@ -154,7 +154,7 @@ for devices, fsdp in ((jax.devices()[:1], False), (jax.devices(), False), (jax.d
     sharding.shard_model(optimizer, mesh, fsdp=fsdp)
     step = train.make_train_step(task, 1)
     for i in range(2):
-        metrics = step(task.model, optimizer, train.shard(train.model_inputs(batch), mesh), jax.random.key(i))
+        metrics = step(task.model, optimizer, sharding.shard_batch(train.model_inputs(batch), mesh), jax.random.key(i))
     results.append(jax.device_get(nnx.to_pure_dict(nnx.state(task.model, nnx.Param))))
     print(len(devices), "devices, fsdp" if fsdp else "devices:", "loss", float(metrics["loss"]), flush=True)
 for other in results[1:]:

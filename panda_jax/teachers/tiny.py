@@ -191,6 +191,15 @@ def ensure_tiny_checkpoint(kind: str, directory: str | os.PathLike, seed: int = 
     return write_tiny_checkpoint(kind, directory, seed)
 
 
+def checkpoint_folder(config: Any) -> Path:
+    """The folder a model config's `checkpoint` names under its `weights_dir` (an absolute `checkpoint` stands
+    alone), written with random weights first when its `tiny` names a kind."""
+    folder = (Path(config.weights_dir).expanduser() / Path(config.checkpoint).expanduser()).absolute()
+    if config.tiny:
+        ensure_tiny_checkpoint(config.tiny, folder)
+    return folder
+
+
 def write_tiny_retrieval(directory: str | os.PathLike, seed: int = 0) -> Path:
     """The tiny `Blip2ForImageTextRetrieval`: the tiny teachers' vision encoder and Q-Former (with its
     text input), a 16-wide contrastive space, BERT's tokenizer over `WORDS`; written like `write_tiny_checkpoint`."""
