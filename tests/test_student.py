@@ -60,3 +60,24 @@ def test_the_student_teacher_variant_points_at_the_exported_folder(saved):
     config.checkpoint = str(folder)
     (teacher,) = from_config(config)
     assert (teacher.family, teacher.checkpoint, teacher.frames, teacher.side_text) == ("student", folder, 8, True)
+
+
+def test_the_caption_stage_captions_clips_with_the_exported_student(saved, clip_corpus, tmp_path):
+    """`python -m panda_jax.caption --config=teachers:student --config.checkpoint=DIR`: the student as the one
+    teacher, its captions those its model generates from the clip's frames and side text."""
+    from panda_jax import caption
+    from panda_jax.records import Caption, read_records
+
+    _, folder = saved
+    corpus, _, clips = clip_corpus
+    out = tmp_path / "captions"
+    status = caption.main(["--clips", str(corpus / "clips.jsonl"), "--videos", str(corpus / "videos.jsonl"),
+                           "--out", str(out), "--config=teachers:student", f"--config.checkpoint={folder}",
+                           "--config.teachers.student.frames=4", "--config.teachers.student.generation.num_beams=1",
+                           "--config.teachers.student.generation.max_new_tokens=5", "--batch_size", "4"])  # fmt: skip
+    assert status == 1  # the corpus's corrupt and missing videos
+    found = list(read_records(out / "captions.jsonl", Caption))
+    wanted = sorted(clip.clip_id for clip in clips if clip.video_id not in ("broken", "gone"))
+    assert sorted(record.clip_id for record in found) == wanted
+    assert {(record.teacher, record.prompt_version) for record in found} == {("student", prompts.VERSION_STUDENT)}
+    assert all(record.caption for record in found)
