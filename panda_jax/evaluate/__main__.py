@@ -1,10 +1,12 @@
-"""Evaluate captions, caption selection or retrieval from files: `python -m panda_jax.evaluate --task ...`.
+"""Evaluate captions, caption selection, retrieval or caption facts: `python -m panda_jax.evaluate --task ...`.
 
     python -m panda_jax.evaluate --task captions --predictions runs/select/selection.jsonl --references refs.jsonl
     python -m panda_jax.evaluate --task captions --predictions runs/caption/captions.jsonl --teacher NAME \\
         --references refs.jsonl --metrics BLEU-4,CIDEr --out metrics.json
     python -m panda_jax.evaluate --task selection --selection runs/select/selection.jsonl --labels labels.jsonl
     python -m panda_jax.evaluate --task retrieval --similarity sim.npy --text_video text_video.json
+    python -m panda_jax.evaluate --task facts --captions runs/caption/captions.jsonl --clips runs/split/clips.jsonl \\
+        --videos synth/videos.jsonl
 
 captions: BLEU-4, METEOR, ROUGE-L and CIDEr (pycocoevalcap, after its PTB tokenizer; needs Java)
 of one caption per clip (`selection` records, the `captions` records of `--teacher`, or
@@ -14,6 +16,10 @@ selection: top-1 agreement of the selected teachers with people's labels (`{clip
 retrieval: R@1/5/10 text-to-video and video-to-text and the median ranks of a stored [videos, texts]
 similarity matrix (.npy), text j describing video T[j] (`--text_video`: a JSON list T of video
 indices). The training loop computes these on its eval set itself.
+facts: on the synthetic corpus, per teacher, the share of clips whose caption states each fact of
+the clip's event rightly (background kind and colours, main object shape, colour and size, action,
+other object shape, colour and size) and the mean fact precision, recall and F1 (`evaluate.facts`);
+a clip is scored against the ground-truth event (`gt_events` of `--videos`) it overlaps most.
 
 The numbers are printed, and written as JSON with `--out FILE.json`. Bad input exits with status 2.
 """
@@ -30,10 +36,11 @@ from absl import flags
 
 from panda_jax import cli, selection_report
 from panda_jax.evaluate.captions import METRICS, caption_metrics, read_predictions, read_references
+from panda_jax.evaluate.facts import FactScore, event_of, fact_accuracy, score_caption
 from panda_jax.evaluate.retrieval import recall_at_k
 from panda_jax.evaluate.selection import selection_agreement
 from panda_jax.files import atomic_output
-from panda_jax.records import Selection, read_records
+from panda_jax.records import Caption, Clip, Selection, Video, read_records
 
 PROGRAM = "python -m panda_jax.evaluate"
 
@@ -51,6 +58,9 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
     string("labels", "selection: JSONL of {clip_id, teacher}, the caption people chose")
     string("similarity", "retrieval: .npy of a [videos, texts] similarity matrix")
     string("text_video", "retrieval: JSON list of each text's video index (a row of the matrix)")
+    string("captions", "facts: the caption stage's captions.jsonl (every teacher's captions)")
+    string("clips", "facts: the split stage's clips.jsonl")
+    string("videos", "facts: the synthetic corpus's videos.jsonl, with its ground truth")
     string("out", "also write the numbers to this JSON file")
 
 
@@ -86,10 +96,37 @@ def _retrieval(flag_values: flags.FlagValues) -> dict[str, float]:
     return {"videos": similarity.shape[0], "texts": similarity.shape[1], **recalls}
 
 
+def _facts(flag_values: flags.FlagValues) -> dict[str, float]:
+    videos_path, clips_path, captions_path = (flag_values[name].value for name in ("videos", "clips", "captions"))
+    videos = {video.video_id: video.to_dict() for video in read_records(videos_path, Video)}
+    clips = {clip.clip_id: clip for clip in read_records(clips_path, Clip)}
+    scores: dict[str, list[FactScore]] = {}
+    for caption in read_records(captions_path, Caption):
+        clip = clips.get(caption.clip_id)
+        if clip is None:
+            raise ValueError(f"clip {caption.clip_id} has a caption but is not in {clips_path}")
+        video = videos.get(clip.video_id, {})
+        if "gt_events" not in video:
+            raise ValueError(f"video {clip.video_id} has no ground-truth events (gt_events) in {videos_path}: "
+                             "facts need the synthetic corpus's videos.jsonl")  # fmt: skip
+        start, end = clip.start_frame, clip.end_frame
+        if start is None:
+            start, end = round(clip.start * video["fps"]), round(clip.end * video["fps"])
+        event = event_of(start, end, video)
+        if event is None:
+            raise ValueError(f"clip {clip.clip_id} (frames {start}-{end}) overlaps no event of {clip.video_id}")
+        scores.setdefault(caption.teacher, []).append(score_caption(caption.caption, event["facts"]))
+    if not scores:
+        raise ValueError(f"{captions_path}: no captions")
+    numbers = {name: {"captions": len(scored), **fact_accuracy(scored)} for name, scored in sorted(scores.items())}
+    return {f"{teacher}/{name}": value for teacher, named in numbers.items() for name, value in named.items()}
+
+
 TASKS: dict[str, tuple[Callable[[flags.FlagValues], dict[str, float]], tuple[str, ...]]] = {  # with their input flags
     "captions": (_captions, ("predictions", "references")),
     "selection": (_selection, ("selection", "labels")),
     "retrieval": (_retrieval, ("similarity", "text_video")),
+    "facts": (_facts, ("captions", "clips", "videos")),
 }
 
 
