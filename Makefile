@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m panda_jax.demo
+	$(PY) -m panda_jax.demo --out out/demo
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

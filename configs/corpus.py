@@ -15,6 +15,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.num_videos = VARIANTS[variant]
     config.seed = 0
+    config.first_video = 0  # videos first_video … first_video + num_videos - 1 of the seed
     config.size = 128  # frame width and height in pixels, even
     config.fps = 24
     config.duration = 20.0  # mean video length in seconds; each lasts 0.75-1.25x this

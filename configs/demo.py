@@ -1,14 +1,52 @@
-"""What `make demo` runs (`python -m panda_jax.demo`): real test clips plus a small grounded synthetic corpus."""
+"""The grounded demo: `python -m panda_jax.demo --out DIR [--quick] [--seed S]` (`make demo`).
+
+Variants: `full` (the default: at most 20 minutes on 2 CPU cores) and `quick` (the same stages on
+a few videos with short trainings, under 5 minutes: for CI and checks; its numbers say little).
+
+Every model is trained here from random weights on the synthetic corpus, so the sizes and steps
+below are what a 2-core CPU affords; the recipes themselves (schedules, losses, what each model
+sees) are those of configs/captioner.py, retrieval.py and student.py.
+"""
 
 import ml_collections
 
-from panda_jax.configs import corpus
+# The teachers' sizes: overrides of configs/captioner.py fields.
+TEACHER_SIZES = (
+    "captioner.vision.patch_size=8", "captioner.vision.hidden_size=96", "captioner.vision.intermediate_size=192",
+    "captioner.vision.num_hidden_layers=2", "captioner.qformer.hidden_size=96",
+    "captioner.qformer.intermediate_size=192", "captioner.qformer.num_hidden_layers=1",
+    "captioner.text.hidden_size=128", "captioner.text.intermediate_size=256", "captioner.text.num_hidden_layers=2",
+    "captioner.text.num_key_value_heads=4", "captioner.max_caption_tokens=32",
+)
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+    if variant not in ("full", "quick"):
+        raise ValueError(f"unknown demo variant {variant!r}; choose from full, quick")
+    quick = variant == "quick"
     config = ml_collections.ConfigDict()
+    config.seed = 0  # the corpus and every model's initialisation
+    # Videos 0 … train-1 of the seed train the teachers and the selector; the next `val` are the unlabelled
+    # videos the pipeline turns into the student's dataset (a labelled share of their clips fine-tunes the
+    # selector); the last `test` are held out for every score.
+    config.corpus = ml_collections.ConfigDict(dict(
+        size=64, fps=24, duration=8.0, workers=2,
+        train_videos=40 if quick else 600, val_videos=6 if quick else 120, test_videos=4 if quick else 40,
+    ))  # fmt: skip
+    config.split_detectors = ("content", "transnetv2")
+    config.teachers = ml_collections.ConfigDict(dict(
+        steps=30 if quick else 1500, batch_size=16 if quick else 32, learning_rate=2e-3,
+        sizes=TEACHER_SIZES,
+    ))  # fmt: skip
+    # The selector (configs/retrieval.py `tiny` sizes): pretrained on the train videos' clip / caption pairs, then
+    # fine-tuned on the judge-labelled validation clips.
+    config.selector = ml_collections.ConfigDict(dict(
+        pretrain_steps=20 if quick else 600, finetune_steps=10 if quick else 200, batch_size=16, learning_rate=1e-3,
+    ))  # fmt: skip
+    # The student, around the image teacher's BLIP-2, on the dataset the pipeline made of the validation videos.
+    config.student = ml_collections.ConfigDict(dict(
+        steps=20 if quick else 800, batch_size=8 if quick else 16, learning_rate=1e-3, num_queries=8,
+    ))  # fmt: skip
+    # Out: the runs' work folders, checkpoints and records, and README.md with the report.
     config.out = "out/demo"
-    # The real clips of panda_jax.data.testmedia; the demo goes on without them when offline.
-    config.test_clips = ("bikes", "bigbuckbunny", "city")
-    config.corpus = corpus.get_config("small")
     return config

@@ -12,6 +12,10 @@ Variants:
             checkpoint stands for Video-LLaMA, VideoChat, VideoChat-Text and MiniGPT-4, and why);
   student   the student captioner a training run exported (`python -m panda_jax.export`), as the one
             teacher: `--config=teachers:student --config.checkpoint=DIR` (8 frames + side text);
+  demo      the grounded demo's four teachers, captioners trained from scratch on the synthetic
+            corpus (`configs/captioner.py`, exported under `weights_dir` by `python -m panda_jax.demo`):
+            image (BLIP-2, one frame), video (InstructBLIP-Video, 8 frames), text (a LLaMA on the
+            title, description and subtitles) and image_side_text (InstructBLIP, one frame + side text);
   tiny      four teachers with small random weights (image, image + side text, video + side
             text, side text only), written as real checkpoint folders at first use: for tests
             and quick checks, not for captions worth reading.
@@ -29,6 +33,12 @@ def teacher(family, checkpoint, frames, side_text, stands_for="", tiny="", num_b
         generation=ml_collections.ConfigDict(dict(num_beams=num_beams, max_new_tokens=max_new_tokens,
                                                   length_penalty=1.0)),
     ))  # fmt: skip
+
+
+# The demo's teachers: name (= captioner variant and exported folder) → (family, frames, side text), as in
+# configs/captioner.py.
+DEMO_TEACHERS = {"image": ("blip2", 1, False), "video": ("instructblip_video", 8, False),
+                 "text": ("language_model", 0, True), "image_side_text": ("instructblip", 1, True)}  # fmt: skip
 
 
 def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
@@ -55,6 +65,12 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
                           max_new_tokens=8)
         t.text = teacher("language_model", "opt", 0, True, tiny="opt", num_beams=1, max_new_tokens=8)
         config.dtype = "float32"
+    elif variant == "demo":
+        config.weights_dir = "out/demo/teachers"
+        t = config.teachers
+        for name, (family, frames, side_text) in DEMO_TEACHERS.items():
+            t[name] = teacher(family, name, frames, side_text, num_beams=1, max_new_tokens=32)
+        config.dtype = "float32"
     elif variant == "student":
         config.weights_dir = ""
         config.checkpoint = ""  # the exported student's folder
@@ -62,7 +78,7 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
                                           max_new_tokens=30)  # fmt: skip
         config.dtype = "float32"
     else:
-        raise ValueError(f"unknown teachers variant {variant!r}; choose from panda70m, student, tiny")
+        raise ValueError(f"unknown teachers variant {variant!r}; choose from panda70m, demo, student, tiny")
 
     # Side text is cut to these budgets (tokens of each teacher's own tokenizer) at word boundaries.
     config.side_text = ml_collections.ConfigDict(dict(subtitles=256, title=32, description=128))

@@ -13,7 +13,7 @@ from panda_jax.evaluate import (
 )
 from panda_jax.evaluate import facts as facts_module
 from panda_jax.evaluate.__main__ import main
-from panda_jax.records import write_jsonl
+from panda_jax.records import read_jsonl, write_jsonl
 
 TWO = {  # a scene with a main and another object
     "background": {"kind": "stripes", "colors": ["blue", "white"]},
@@ -150,6 +150,15 @@ def test_cli_scores_every_teacher_against_the_clips_events(tmp_path, capsys):
     assert (numbers["truth/f1"], numbers["truth/main_color"]) == (1, 1)
     assert (numbers["mute/f1"], numbers["mute/action"]) == (0, 0)
     assert "truth/f1" in capsys.readouterr().out
+    # The judge's labels (the oracle scored as `judge`), the references, one name for all the captions.
+    judged, truth = tmp_path / "labels.jsonl", tmp_path / "truth.jsonl"
+    assert main([*argv, "--out", str(out), "--judged", str(judged), "--truth_out", str(truth)]) == 0
+    numbers = json.loads(out.read_text())
+    assert [label["teacher"] for label in read_jsonl(judged)] == ["truth"] * len(spec.events)
+    assert (numbers["judge/f1"], numbers["judge/every_teacher_wrong"]) == (1, 0)
+    assert [row["caption"] for row in read_jsonl(truth)] == [event.caption for event in spec.events]
+    assert main([*argv, "--out", str(out), "--name", "all"]) == 0
+    assert json.loads(out.read_text())["all/captions"] == 2 * len(spec.events)
     write_jsonl(paths["clips"], clips[1:])
     with pytest.raises(SystemExit) as exit_:
         main(argv)

@@ -20,6 +20,8 @@ facts: on the synthetic corpus, per teacher, the share of clips whose caption st
 the clip's event rightly (background kind and colours, main object shape, colour and size, action,
 other object shape, colour and size) and the mean fact precision, recall and F1 (`evaluate.facts`);
 a clip is scored against the ground-truth event (`gt_events` of `--videos`) it overlaps most.
+With `--judged FILE` the judge's choice among each clip's captions (best fact F1, ties by CIDEr)
+is written as labels, and scored as the teacher `judge`: the oracle a perfect selection reaches.
 
 The numbers are printed, and written as JSON with `--out FILE.json`. Bad input exits with status 2.
 """
@@ -35,12 +37,12 @@ import numpy as np
 from absl import flags
 
 from panda_jax import cli, selection_report
-from panda_jax.evaluate.captions import METRICS, caption_metrics, read_predictions, read_references
-from panda_jax.evaluate.facts import FactScore, event_of, fact_accuracy, score_caption
+from panda_jax.evaluate.captions import METRICS, ClipCaption, caption_metrics, read_predictions, read_references
+from panda_jax.evaluate.facts import FactScore, clip_events, fact_accuracy, judge, score_caption
 from panda_jax.evaluate.retrieval import recall_at_k
 from panda_jax.evaluate.selection import selection_agreement
 from panda_jax.files import atomic_output
-from panda_jax.records import Caption, Clip, Selection, Video, read_records
+from panda_jax.records import Clip, Label, Selection, Video, read_records, write_jsonl
 
 PROGRAM = "python -m panda_jax.evaluate"
 
@@ -58,7 +60,10 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
     string("labels", "selection: JSONL of {clip_id, teacher}, the caption people chose")
     string("similarity", "retrieval: .npy of a [videos, texts] similarity matrix")
     string("text_video", "retrieval: JSON list of each text's video index (a row of the matrix)")
-    string("captions", "facts: the caption stage's captions.jsonl (every teacher's captions)")
+    string("captions", "facts: the caption stage's captions.jsonl (every teacher's), or any clip captions (selection.jsonl)")
+    string("name", "facts: score every caption of --captions under this name (default: each record's teacher)")
+    string("judged", "facts: also write here, as labels JSONL, the teacher the judge prefers for each clip (best fact F1)")
+    string("truth_out", "facts: also write here each clip's ground-truth caption (the references of --task captions)")
     string("clips", "facts: the split stage's clips.jsonl")
     string("videos", "facts: the synthetic corpus's videos.jsonl, with its ground truth")
     string("out", "also write the numbers to this JSON file")
@@ -99,27 +104,32 @@ def _retrieval(flag_values: flags.FlagValues) -> dict[str, float]:
 def _facts(flag_values: flags.FlagValues) -> dict[str, float]:
     videos_path, clips_path, captions_path = (flag_values[name].value for name in ("videos", "clips", "captions"))
     videos = {video.video_id: video.to_dict() for video in read_records(videos_path, Video)}
-    clips = {clip.clip_id: clip for clip in read_records(clips_path, Clip)}
+    events = clip_events(read_records(clips_path, Clip), videos)
+    name = flag_values["name"].value
     scores: dict[str, list[FactScore]] = {}
-    for caption in read_records(captions_path, Caption):
-        clip = clips.get(caption.clip_id)
-        if clip is None:
-            raise ValueError(f"clip {caption.clip_id} has a caption but is not in {clips_path}")
-        video = videos.get(clip.video_id, {})
-        if "gt_events" not in video:
-            raise ValueError(f"video {clip.video_id} has no ground-truth events (gt_events) in {videos_path}: "
-                             "facts need the synthetic corpus's videos.jsonl")  # fmt: skip
-        start, end = clip.start_frame, clip.end_frame
-        if start is None:
-            start, end = round(clip.start * video["fps"]), round(clip.end * video["fps"])
-        event = event_of(start, end, video)
-        if event is None:
-            raise ValueError(f"clip {clip.clip_id} (frames {start}-{end}) overlaps no event of {clip.video_id}")
-        scores.setdefault(caption.teacher, []).append(score_caption(caption.caption, event["facts"]))
+    candidates: dict[str, dict[str, str]] = {}
+    for record in read_records(captions_path, ClipCaption):
+        if record.clip_id not in events:
+            raise ValueError(f"clip {record.clip_id} has a caption but is not in {clips_path}")
+        teacher = name or str(record.extra.get("teacher", "captions"))
+        scores.setdefault(teacher, []).append(score_caption(record.caption, events[record.clip_id]["facts"]))
+        candidates.setdefault(record.clip_id, {})[teacher] = record.caption
     if not scores:
         raise ValueError(f"{captions_path}: no captions")
+    if flag_values["judged"].value:  # the caption the judge (people) would choose, for selection and its training
+        labels = [Label(clip_id=clip_id, teacher=judge(texts, events[clip_id]["facts"], events[clip_id]["caption"]))
+                  for clip_id, texts in sorted(candidates.items())]  # fmt: skip
+        with atomic_output(flag_values["judged"].value) as temporary:
+            write_jsonl(temporary, labels)
+        # The oracle: the judge's choice of every clip, what a perfect selection would give.
+        scores["judge"] = [score_caption(candidates[l.clip_id][l.teacher], events[l.clip_id]["facts"]) for l in labels]
+    if flag_values["truth_out"].value:  # references for --task captions
+        with atomic_output(flag_values["truth_out"].value) as temporary:
+            write_jsonl(temporary, [{"clip_id": clip, "caption": events[clip]["caption"]} for clip in sorted(events)])
     numbers = {name: {"captions": len(scored), **fact_accuracy(scored)} for name, scored in sorted(scores.items())}
-    return {f"{teacher}/{name}": value for teacher, named in numbers.items() for name, value in named.items()}
+    if "judge" in numbers:  # clips where no teacher states every fact rightly
+        numbers["judge"]["every_teacher_wrong"] = sum(s.f1 < 1.0 for s in scores["judge"]) / len(scores["judge"])
+    return {f"{teacher}/{key}": value for teacher, named in numbers.items() for key, value in named.items()}
 
 
 TASKS: dict[str, tuple[Callable[[flags.FlagValues], dict[str, float]], tuple[str, ...]]] = {  # with their input flags

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pycocoevalcap.cider.cider import Cider
@@ -209,6 +209,25 @@ def event_of(clip_start_frame: int, clip_end_frame: int, video_record: Mapping[s
         if overlap > most:
             best, most = event, overlap
     return best
+
+
+def clip_events(clips: Iterable[Any], videos: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """clip_id -> the ground-truth event (`event_of`) each clip (`records.Clip`) shows, of `videos` (video_id ->
+    `videos` record with `gt_events`). Raises ValueError for a clip of a video without ground truth or of no event."""
+    events = {}
+    for clip in clips:
+        video = videos.get(clip.video_id, {})
+        if "gt_events" not in video:
+            raise ValueError(f"video {clip.video_id} has no ground-truth events (gt_events): facts need the synthetic "
+                             "corpus's videos.jsonl")  # fmt: skip
+        start, end = clip.start_frame, clip.end_frame
+        if start is None:
+            start, end = round(clip.start * video["fps"]), round(clip.end * video["fps"])
+        event = event_of(start, end, video)
+        if event is None:
+            raise ValueError(f"clip {clip.clip_id} (frames {start}-{end}) overlaps no event of {clip.video_id}")
+        events[clip.clip_id] = event
+    return events
 
 
 def fact_accuracy(scores: Sequence[FactScore]) -> dict[str, float]:

@@ -35,7 +35,7 @@ class SyntheticClips:
                 picked = event.start_frame + uniform_indices(event.end_frame - event.start_frame, stored_frames)
                 wanted[number] = picked.tolist()
             needed = {i for indices in wanted.values() for i in indices}
-            frames = {i: frame for i, frame in enumerate(render_frames(spec)) if i in needed}
+            frames = {i: frame for i, frame in enumerate(render_frames(spec, needed)) if i in needed}
             subtitles = [{"start": s.start, "end": s.end, "text": s.text} for s in spec.subtitles]
             for number, event in enumerate(spec.events):
                 start, end = event.start_frame / spec.fps, event.end_frame / spec.fps

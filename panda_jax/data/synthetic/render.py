@@ -6,7 +6,7 @@ can be rendered again (as the tests do) without re-encoding or re-sampling it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 
 import cv2
 import numpy as np
@@ -34,8 +34,9 @@ def _draw(image: np.ndarray, obj: SceneObject, progress: float, camera: Camera) 
     cv2.fillPoly(image, [points], PALETTE[obj.color], lineType=cv2.LINE_AA, shift=4)
 
 
-def render_frames(spec: VideoSpec) -> Iterator[np.ndarray]:
-    """Yields the video's frames in order, uint8 RGB arrays of shape (size, size, 3)."""
+def render_frames(spec: VideoSpec, wanted: Container[int] | None = None) -> Iterator[np.ndarray | None]:
+    """Yields the video's frames in order, uint8 RGB arrays of shape (size, size, 3); with `wanted`, None in place
+    of every frame not in it, unrendered (training clips need 8 frames of an event, not all of them)."""
     backgrounds: dict[tuple[int, int], np.ndarray] = {}
 
     def view(event_index: int, shot_index: int, frame: int) -> np.ndarray:
@@ -54,6 +55,9 @@ def render_frames(spec: VideoSpec) -> Iterator[np.ndarray]:
     for e, event in enumerate(spec.events):
         for s, (shot_start, shot_end) in enumerate(event.shots):
             for frame in range(shot_start, shot_end):
+                if wanted is not None and frame not in wanted:
+                    yield None
+                    continue
                 k = next((k for k in (e - 1, e) if 0 <= k < len(spec.transitions)
                           and spec.transitions[k].covers(frame)), None)
                 if k is None or spec.transitions[k].kind == "cut":
