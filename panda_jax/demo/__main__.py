@@ -131,11 +131,11 @@ class Demo:
         command(export.main, ["--checkpoint", str(workdir), "--out", str(folder)])
         return json.loads((workdir / "summary.json").read_text())
 
-    def synthetic_train(self, frames_config: str = "") -> list[str]:
+    def synthetic_train(self) -> list[str]:
         """Overrides making a training config read the train videos (and the first validation ones to evaluate)."""
         corpus = self.config.corpus
         return [f"data.source=synthetic", f"data.synthetic_videos={corpus.train_videos}",
-                f"data.synthetic_eval_videos={min(corpus.val_videos, 20)}", f"data.synthetic_seed={self.config.seed}",
+                f"data.synthetic_eval_videos={self.config.eval_videos}", f"data.synthetic_seed={self.config.seed}",
                 f"data.synthetic_size={corpus.size}", f"train.seed={self.config.seed}"]  # fmt: skip
 
     def train_teacher(self, name: str) -> dict[str, Any]:
@@ -169,7 +169,8 @@ class Demo:
         out = predictions.with_name(f"{predictions.stem}_{teacher or 'all'}_metrics.json")
         chosen = () if teacher is None else ("--teacher", teacher)
         command(evaluate.main, ["--task", "captions", "--predictions", str(predictions), "--references",
-                                str(self.path("captions", "test_truth.jsonl")), "--out", str(out), *chosen])  # fmt: skip
+                                str(self.path("captions", "test_truth.jsonl")), "--out", str(out),
+                                "--metrics", ",".join(self.config.metrics), *chosen])  # fmt: skip
         return json.loads(out.read_text())
 
     def train_selector(self, name: str) -> dict[str, Any]:
@@ -256,7 +257,7 @@ class Demo:
             out = self.clips(split_name).parent
             stages.run(f"split_{split_name}", corpus_key, lambda n=split_name, o=out: self.split(n, "content", True, o),
                        [out])  # fmt: skip
-        teacher_key = {"corpus": corpus_key, **config.teachers}
+        teacher_key = {"corpus": corpus_key, "eval_videos": config.eval_videos, **config.teachers}
         results["teachers"] = {
             name: stages.run(f"teacher_{name}", teacher_key, lambda n=name: self.train_teacher(n),
                              [self.path("runs", f"teacher_{name}"), self.path("teachers", name)])
@@ -309,7 +310,7 @@ class Demo:
             results["caption_students"][name] = stages.run(f"caption_test_student_{name}", student_key,
                                                            lambda n=name, k=keep: self.student_caption(n, bool(k)),
                                                            [self.path("captions", f"test_student_{name}")])
-        results["table4"] = stages.run("table4", student_key, self.table4)
+        results["table4"] = stages.run("table4", {"students": student_key, "metrics": config.metrics}, self.table4)
         results["stage_seconds"] = dict(stages.seconds)
         return results
 
