@@ -31,21 +31,26 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([*lines, *("| " + " | ".join(map(cell, row)) + " |" for row in rows)])
 
 
-def plot_losses(out: Path) -> str | None:
+def save_plot(figure: Any, axes: Any, path: Path, **labels: str) -> str:
+    """Labels the axes, adds the legend, writes the PNG and returns its name, for the README to link."""
+    axes.set(**labels)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path.name
+
+
+def plot_losses(out: Path) -> str:
     """The students' training loss, from their runs' metrics.jsonl."""
     figure, axes = plt.subplots(figsize=(6, 3.5))
     for name in ("video", "video_text"):
         metrics = out / "runs" / f"student_{name}" / "metrics.jsonl"
-        if metrics.is_file():
-            rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-            rows = [row for row in rows if row.get("split") == "train"]
-            axes.plot([row["step"] for row in rows], [row["loss"] for row in rows], label=f"student ({name})")
-    axes.set(xlabel="step", ylabel="caption loss", title="Student training")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(out / "student_loss.png", dpi=100)
-    plt.close(figure)
-    return "student_loss.png"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        rows = [row for row in rows if row.get("split") == "train"]
+        axes.plot([row["step"] for row in rows], [row["loss"] for row in rows], label=f"student ({name})")
+    return save_plot(figure, axes, out / "student_loss.png", xlabel="step", ylabel="caption loss",
+                     title="Student training")  # fmt: skip
 
 
 def plot_matching_scores(out: Path) -> str:
@@ -55,12 +60,8 @@ def plot_matching_scores(out: Path) -> str:
     figure, axes = plt.subplots(figsize=(6, 3.5))
     axes.hist(scores, bins=20, range=(0, 1))
     axes.axvline(0.43, color="black", linestyle="--", label="Panda-70M's 0.43")
-    axes.set(xlabel="matching score of the selected caption", ylabel="clips", title="Selection on the test clips")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(out / "matching_scores.png", dpi=100)
-    plt.close(figure)
-    return "matching_scores.png"
+    return save_plot(figure, axes, out / "matching_scores.png", xlabel="matching score of the selected caption",
+                     ylabel="clips", title="Selection on the test clips")  # fmt: skip
 
 
 def percent(value: float | None) -> str:
