@@ -29,9 +29,9 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     # Videos 0 … train-1 of the seed train the teachers and the selector; the next `val` are the unlabelled
     # videos the pipeline turns into the student's dataset (a labelled share of their clips fine-tunes the
     # selector); the last `test` are held out for every score.
-    config.corpus = ml_collections.ConfigDict(dict(
+    config.corpus = ml_collections.ConfigDict(dict(  # workers: of the corpus and of the splits
         size=64, fps=24, duration=8.0, workers=2,  # duration: as SyntheticClips renders the train videos
-        train_videos=40 if quick else 3000, val_videos=6 if quick else 120, test_videos=4 if quick else 40,
+        train_videos=40 if quick else 1500, val_videos=6 if quick else 120, test_videos=4 if quick else 30,
     ))  # fmt: skip
     # Table 2's detectors (quick: the content detector alone; TransNetV2 takes a minute to load and compile).
     config.split_detectors = ("content",) if quick else ("content", "transnetv2")
@@ -40,7 +40,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     # Validation clips the trainings on synthetic clips evaluate on (quick: none, one compilation less each).
     config.eval_videos = 0 if quick else 20
     config.teachers = ml_collections.ConfigDict(dict(
-        steps=30 if quick else 500, batch_size=16 if quick else 32, learning_rate=2e-3,
+        steps=30 if quick else 400, batch_size=16 if quick else 32, learning_rate=2e-3,
         sizes=TEACHER_SIZES,
     ))  # fmt: skip
     # The selector (configs/retrieval.py `tiny` sizes): pretrained on the train videos' clip / caption pairs, then

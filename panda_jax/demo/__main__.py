@@ -96,7 +96,7 @@ class Demo:
         """Splits one corpus split with `python -m panda_jax.split`'s function; its scores against the truth."""
         config = cli.load_config("split")
         config.detector, config.stitch.enabled = detector, stitch
-        split.run(split.read_video_list(self.videos(split_name), []), out, config)  # one process: one model to load
+        split.run(split.read_video_list(self.videos(split_name), []), out, config, workers=self.config.corpus.workers)
         report = split_report(list(read_jsonl(self.videos(split_name))), list(read_jsonl(out / "shots.jsonl")),
                               list(read_jsonl(out / "clips.jsonl")), lpips_model=self.lpips,
                               root=self.videos(split_name).parent)  # fmt: skip
