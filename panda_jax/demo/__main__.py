@@ -24,7 +24,6 @@ from panda_jax.records import read_jsonl
 from panda_jax.video.metrics import split_report
 
 log = logging.getLogger("panda_jax.demo")
-SPLITS = ("train", "val", "test")
 
 
 class Stages:
@@ -134,7 +133,7 @@ class Demo:
     def synthetic_train(self) -> list[str]:
         """Overrides making a training config read the train videos (and the first validation ones to evaluate)."""
         corpus = self.config.corpus
-        return [f"data.source=synthetic", f"data.synthetic_videos={corpus.train_videos}",
+        return ["data.source=synthetic", f"data.synthetic_videos={corpus.train_videos}",
                 f"data.synthetic_eval_videos={self.config.eval_videos}", f"data.synthetic_seed={self.config.seed}",
                 f"data.synthetic_size={corpus.size}", f"train.seed={self.config.seed}"]  # fmt: skip
 
@@ -226,7 +225,7 @@ class Demo:
                      "data.name=panda70m/demo_selected", f"data.data_dir={self.path('tfds')}", "data.eval_split=",
                      f"side_text_keep_probability={keep_side_text}", f"train.steps={student.steps}",
                      f"train.batch_size={student.batch_size}", f"train.learning_rate={student.learning_rate}",
-                     f"train.num_frames=8", f"train.image_size={self.config.corpus.size}", "student.num_frames=8",
+                     "train.num_frames=8", f"train.image_size={self.config.corpus.size}", "student.num_frames=8",
                      f"student.num_queries={student.num_queries}", "max_caption_tokens=32", "student.max_prompt_tokens=200",
                      f"train.seed={self.config.seed}", f"train.log_every={max(student.steps // 20, 1)}",
                      f"train.checkpoint_every={student.steps}"]  # fmt: skip
