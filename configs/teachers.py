@@ -25,6 +25,8 @@ import os
 
 import ml_collections
 
+from panda_jax.configs.captioner import VARIANTS as CAPTIONERS
+
 
 def teacher(family, checkpoint, frames, side_text, stands_for="", tiny="", num_beams=3, max_new_tokens=30):
     return ml_collections.ConfigDict(dict(
@@ -35,10 +37,9 @@ def teacher(family, checkpoint, frames, side_text, stands_for="", tiny="", num_b
     ))  # fmt: skip
 
 
-# The demo's teachers: name (= captioner variant and exported folder) → (family, frames, side text), as in
-# configs/captioner.py.
-DEMO_TEACHERS = {"image": ("blip2", 1, False), "video": ("instructblip_video", 8, False),
-                 "text": ("language_model", 0, True), "image_side_text": ("instructblip", 1, True)}  # fmt: skip
+# The demo's teachers: name (= captioner variant and exported folder) → (family, frames, side text), what
+# configs/captioner.py trains each to see.
+DEMO_TEACHERS = {name: (shape, frames, side_text) for name, (shape, _, frames, side_text, _) in CAPTIONERS.items()}
 
 
 def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:

@@ -24,6 +24,11 @@ from panda_jax.records import read_jsonl
 from panda_jax.video.metrics import split_report
 
 log = logging.getLogger("panda_jax.demo")
+PIPELINE_SPLIT = ("content", True)  # (detector, stitch) of the clips the pipeline goes on with: Panda-70M's choice
+
+
+def split_label(detector: str, stitch: bool) -> str:
+    return f"{detector}_{'stitch' if stitch else 'shots'}"
 
 
 class Stages:
@@ -91,11 +96,26 @@ class Demo:
             first += number
         return counts
 
-    def split(self, split_name: str, detector: str, stitch: bool, out: Path) -> dict[str, Any]:
-        """Splits one corpus split with `python -m panda_jax.split`'s function; its scores against the truth."""
+    def split_folder(self, split_name: str, detector: str, stitch: bool) -> Path:
+        """Where a split's records go: the pipeline's own (`PIPELINE_SPLIT`) where the TFDS builder's `local`
+        source finds them (MANUAL_DIR/split/), the others under OUT/split/."""
+        if (detector, stitch) == PIPELINE_SPLIT:
+            return self.path("corpus", split_name, "split")
+        return self.path("split", f"{split_name}_{split_label(detector, stitch)}")
+
+    def clips(self, split_name: str) -> Path:
+        """The clips the pipeline goes on with."""
+        return self.split_folder(split_name, *PIPELINE_SPLIT) / "clips.jsonl"
+
+    def split(self, split_name: str, detector: str, stitch: bool) -> dict[str, Any]:
+        """Splits one corpus split with `python -m panda_jax.split`'s function; the test videos' split scored
+        against the truth (Table 2)."""
+        out = self.split_folder(split_name, detector, stitch)
         config = cli.load_config("split")
         config.detector, config.stitch.enabled = detector, stitch
         split.run(split.read_video_list(self.videos(split_name), []), out, config, workers=self.config.corpus.workers)
+        if split_name != "test":
+            return {}
         report = split_report(list(read_jsonl(self.videos(split_name))), list(read_jsonl(out / "shots.jsonl")),
                               list(read_jsonl(out / "clips.jsonl")), lpips_model=self.lpips,
                               root=self.videos(split_name).parent)  # fmt: skip
@@ -113,11 +133,6 @@ class Demo:
         except Exception as error:  # the heads come from the lpips wheel: offline without a cache, no LPIPS
             log.warning("no LPIPS (%s): Max Running LPIPS is left out", error)
             return None
-
-    def clips(self, split_name: str) -> Path:
-        """The clips the pipeline goes on with (content detector, stitched: Panda-70M's choice), where the TFDS
-        builder's `local` source finds them (MANUAL_DIR/split/clips.jsonl)."""
-        return self.path("corpus", split_name, "split", "clips.jsonl")
 
     # --- models -----------------------------------------------------------------------------------------------
 
@@ -157,6 +172,15 @@ class Demo:
         return self.caption(split_name, out, "--config=teachers:demo", f"--config.weights_dir={self.path('teachers')}",
                             *chosen)  # fmt: skip
 
+    def merge_test_captions(self, path: Path) -> int:
+        """Every teacher's test captions in one file, as the selector reads them (each teacher captioned the test
+        clips on its own, to time it alone)."""
+        path.parent.mkdir(parents=True)
+        lines = [line for name in DEMO_TEACHERS
+                 for line in self.path("captions", f"test_{name}", "captions.jsonl").read_text().splitlines()]
+        path.write_text("".join(f"{line}\n" for line in lines))
+        return len(lines)
+
     def facts(self, split_name: str, captions: Path, out: Path, *extra: str) -> dict[str, float]:
         """`python -m panda_jax.evaluate --task facts`: fact accuracies of the captions of a split's clips."""
         command(evaluate.main, ["--task", "facts", "--captions", str(captions), "--clips", str(self.clips(split_name)),
@@ -180,16 +204,16 @@ class Demo:
         overrides = [f"weights_dir={self.path('selectors')}", f"train.batch_size={selector.batch_size}",
                      f"train.learning_rate={selector.learning_rate}", f"train.warmup_init={selector.learning_rate}",
                      f"train.end_learning_rate={selector.learning_rate}", f"train.seed={self.config.seed}"]  # fmt: skip
+        steps = selector.pretrain_steps if name == "pretrained" else selector.finetune_steps
+        overrides += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}"]
         if name == "pretrained":
-            overrides += [*self.synthetic_train(), "checkpoint=random", f"train.steps={selector.pretrain_steps}"]
+            overrides += [*self.synthetic_train(), "checkpoint=random"]
         else:
             weights = (1.0, 0.01) if name == "hard_negatives" else (0.0, 1.0)
             overrides += [f"checkpoint={self.path('selectors', 'pretrained')}", "tiny=", "data.source=tfds",
                           "data.name=panda70m/demo_labelled", f"data.data_dir={self.path('tfds')}",
                           f"data.candidates={len(DEMO_TEACHERS)}", f"data.labels={self.path('captions', 'val_labels.jsonl')}",
-                          f"loss.same_clip_weight={weights[0]}", f"loss.other_clip_weight={weights[1]}",
-                          f"train.steps={selector.finetune_steps}"]  # fmt: skip
-        overrides += [f"train.eval_every={10**9}", f"train.checkpoint_every={10**9}"]
+                          f"loss.same_clip_weight={weights[0]}", f"loss.other_clip_weight={weights[1]}"]  # fmt: skip
         return self.train_and_export("retrieval:tiny", f"selector_{name}", overrides, self.path("selectors", name))
 
     def select(self, name: str, split_name: str) -> dict[str, Any]:
@@ -244,18 +268,16 @@ class Demo:
         config, stages, results = self.config, self.stages, {}
         corpus_key = {"seed": config.seed, **config.corpus}
         results["corpus"] = stages.run("corpus", corpus_key, self.corpus, [self.path("corpus")])
-        results["split"] = {}
-        for detector in config.split_detectors:
-            for stitch in (False, True):
-                label = f"{detector}_{'stitch' if stitch else 'shots'}"
-                out = self.path("split", f"test_{label}")
-                results["split"][label] = stages.run(f"split_test_{label}", corpus_key,
-                                                     lambda d=detector, s=stitch, o=out: self.split("test", d, s, o),
-                                                     [out])  # fmt: skip
-        for split_name in ("val", "test"):
-            out = self.clips(split_name).parent
-            stages.run(f"split_{split_name}", corpus_key, lambda n=split_name, o=out: self.split(n, "content", True, o),
-                       [out])  # fmt: skip
+
+        def split_stage(split_name: str, detector: str, stitch: bool) -> dict[str, Any]:
+            return stages.run(f"split_{split_name}_{split_label(detector, stitch)}", corpus_key,
+                              lambda: self.split(split_name, detector, stitch),
+                              [self.split_folder(split_name, detector, stitch)])  # fmt: skip
+
+        results["split"] = {split_label(detector, stitch): split_stage("test", detector, stitch)
+                            for detector in config.split_detectors for stitch in (False, True)}  # fmt: skip
+        for split_name in ("val", "test"):  # the test videos' is reused when Table 2 made it
+            split_stage(split_name, *PIPELINE_SPLIT)
         teacher_key = {"corpus": corpus_key, "eval_videos": config.eval_videos, **config.teachers}
         results["teachers"] = {
             name: stages.run(f"teacher_{name}", teacher_key, lambda n=name: self.train_teacher(n),
@@ -270,10 +292,8 @@ class Demo:
             for name in DEMO_TEACHERS
         }  # fmt: skip
         test_captions = self.path("captions", "test", "captions.jsonl")
-        if not test_captions.is_file():  # the selector reads one file: every teacher's test captions together
-            test_captions.parent.mkdir(parents=True, exist_ok=True)
-            test_captions.write_text("".join(self.path("captions", f"test_{name}", "captions.jsonl").read_text()
-                                             for name in DEMO_TEACHERS))  # fmt: skip
+        stages.run("caption_test", teacher_key, lambda: self.merge_test_captions(test_captions),
+                   [test_captions.parent])  # fmt: skip
         # The judge (best fact F1) labels every clip: the validation clips to fine-tune the selector on, the test
         # clips to score selection against; on the test clips, each teacher's fact accuracies and the oracle's.
         stages.run("judge_val", teacher_key, lambda: self.facts("val", self.path("captions", "val", "captions.jsonl"),
