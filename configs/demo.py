@@ -39,9 +39,16 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     config.metrics = ("BLEU-4", "ROUGE-L", "CIDEr") if quick else ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
     # Validation clips the trainings on synthetic clips evaluate on (quick: none, one compilation less each).
     config.eval_videos = 0 if quick else 20
+    # Each teacher's steps and batch size: the image teacher learns colours from about step 500 on (shapes and
+    # textures later); the others get what is left of the budget. The side text is cut shorter than Panda-70M's
+    # budgets (configs/teachers.py) for the text-reading teachers, in training and captioning alike: their prompts fit
+    # 160 tokens instead of 256.
+    teachers = ("image", "video", "text", "image_side_text")
     config.teachers = ml_collections.ConfigDict(dict(
-        steps=30 if quick else 400, batch_size=16 if quick else 32, learning_rate=2e-3,
-        sizes=TEACHER_SIZES,
+        steps=dict.fromkeys(teachers, 30) if quick else dict(image=900, video=400, text=400, image_side_text=400),
+        batch_size=dict.fromkeys(teachers, 16) if quick else dict(image=32, video=16, text=16, image_side_text=16),
+        learning_rate=2e-3, sizes=TEACHER_SIZES, max_prompt_tokens=160,
+        side_text=ml_collections.ConfigDict(dict(subtitles=64, title=16, description=32)),
     ))  # fmt: skip
     # The selector (configs/retrieval.py `tiny` sizes): pretrained on the train videos' clip / caption pairs, then
     # fine-tuned on the judge-labelled validation clips.
@@ -50,7 +57,7 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     ))  # fmt: skip
     # The student, around the image teacher's BLIP-2, on the dataset the pipeline made of the validation videos.
     config.student = ml_collections.ConfigDict(dict(
-        steps=20 if quick else 400, batch_size=8 if quick else 16, learning_rate=1e-3, num_queries=8,
+        steps=20 if quick else 300, batch_size=8 if quick else 16, learning_rate=1e-3, num_queries=8,
     ))  # fmt: skip
     # Out: the runs' work folders, checkpoints and records, and README.md with the report.
     config.out = "out/demo"

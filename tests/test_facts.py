@@ -13,7 +13,7 @@ from panda_jax.evaluate import (
 )
 from panda_jax.evaluate import facts as facts_module
 from panda_jax.evaluate.__main__ import main
-from panda_jax.records import read_jsonl, write_jsonl
+from panda_jax.records import Clip, read_jsonl, write_jsonl
 
 TWO = {  # a scene with a main and another object
     "background": {"kind": "stripes", "colors": ["blue", "white"]},
@@ -113,12 +113,26 @@ def test_a_clip_gets_the_event_it_overlaps_most():
     assert event_of(120, 130, record) is None
 
 
+def test_clips_are_told_by_object_count_and_by_whether_their_subtitles_are_clean():
+    events = [{"start_frame": 0, "end_frame": 100, "facts": ONE}, {"start_frame": 100, "end_frame": 200, "facts": TWO},
+              {"start_frame": 200, "end_frame": 300, "facts": ONE}, {"start_frame": 300, "end_frame": 400, "facts": ONE}]
+    lines = [(1.0, 3.0, 0, "none"), (5.0, 7.0, 1, "none"), (8.5, 9.5, 2, "none"), (9.0, 11.0, 3, "misaligned")]
+    video = {"video_id": "v", "fps": 25, "gt_events": events,
+             "subtitles": [{"start": start, "end": end, "text": "..."} for start, end, _, _ in lines],
+             "gt_subtitles": [{"event": event, "noise": noise} for _, _, event, noise in lines]}  # fmt: skip
+    clips = [Clip(clip_id=f"v.{i}", video_id="v", start=e["start_frame"] / 25, end=e["end_frame"] / 25)
+             for i, e in enumerate(events)]  # fmt: skip
+    conditions = [event["conditions"] for event in facts_module.clip_events(clips, {"v": video}).values()]
+    # Clean; two objects; another event's line shows during it; its only line belongs to another event, misplaced.
+    assert conditions == [("one_object", "clean_subtitles"), ("clean_subtitles",), ("one_object",), ("one_object",)]
+
+
 def test_fact_accuracy_counts_unstated_facts_as_not_right():
     scores = [score_caption(RIGHT, TWO), score_caption(RIGHT.replace("red", "green"), ONE),
               score_caption("A red circle moves left.", ONE)]  # fmt: skip
     accuracy = fact_accuracy(scores)
-    assert list(accuracy) == [*CHECKS, "precision", "recall", "f1"]
-    assert accuracy["main_color"] == pytest.approx(2 / 3)
+    assert list(accuracy) == [*CHECKS, "main_color_and_shape", "precision", "recall", "f1"]
+    assert accuracy["main_color"] == accuracy["main_color_and_shape"] == pytest.approx(2 / 3)
     assert accuracy["main_size"] == pytest.approx(2 / 3)  # the third caption gives no size
     assert accuracy["background_kind"] == pytest.approx(2 / 3)
     assert accuracy["other_shape"] == 1.0  # only the first scene has another object
@@ -148,6 +162,8 @@ def test_cli_scores_every_teacher_against_the_clips_events(tmp_path, capsys):
     numbers = json.loads(out.read_text())
     assert numbers["task"] == "facts" and numbers["truth/captions"] == numbers["mute/captions"] == len(spec.events)
     assert (numbers["truth/f1"], numbers["truth/main_color"]) == (1, 1)
+    one_object = sum(len(event.scene.objects) == 1 for event in spec.events)
+    assert one_object and numbers["truth/one_object/main_color_and_shape"] == 1  # the same on a condition's clips
     assert (numbers["mute/f1"], numbers["mute/action"]) == (0, 0)
     assert "truth/f1" in capsys.readouterr().out
     # The judge's labels (the oracle scored as `judge`), the references, one name for all the captions.

@@ -154,11 +154,17 @@ class Demo:
 
     def train_teacher(self, name: str) -> dict[str, Any]:
         """A captioner (configs/captioner.py variant NAME) trained on the train videos and exported as a teacher."""
-        teachers = self.config.teachers
-        overrides = [*self.synthetic_train(), f"train.steps={teachers.steps}", f"train.batch_size={teachers.batch_size}",
-                     f"train.learning_rate={teachers.learning_rate}", f"train.eval_every={teachers.steps}",
-                     f"train.checkpoint_every={teachers.steps}", *teachers.sizes]  # fmt: skip
+        teachers, steps = self.config.teachers, self.config.teachers.steps[name]
+        overrides = [*self.synthetic_train(), f"train.steps={steps}", f"train.batch_size={teachers.batch_size[name]}",
+                     f"train.learning_rate={teachers.learning_rate}", f"train.eval_every={steps}",
+                     f"train.checkpoint_every={steps}", *teachers.sizes]  # fmt: skip
+        if DEMO_TEACHERS[name][2]:  # reads side text
+            overrides += [*self.side_text(), f"captioner.max_prompt_tokens={teachers.max_prompt_tokens}"]
         return self.train_and_export(f"captioner:{name}", f"teacher_{name}", overrides, self.path("teachers", name))
+
+    def side_text(self) -> list[str]:
+        """The demo's side-text budgets, as overrides of a training or a teachers config."""
+        return [f"side_text.{field}={budget}" for field, budget in self.config.teachers.side_text.items()]
 
     def caption(self, split_name: str, out: Path, *extra: str) -> dict[str, Any]:
         """`python -m panda_jax.caption` over a split's clips; its summary."""
@@ -170,7 +176,7 @@ class Demo:
         out = self.path("captions", split_name if teacher is None else f"{split_name}_{teacher}")
         chosen = () if teacher is None else ("--teachers", teacher)
         return self.caption(split_name, out, "--config=teachers:demo", f"--config.weights_dir={self.path('teachers')}",
-                            *chosen)  # fmt: skip
+                            *(f"--config.{override}" for override in self.side_text()), *chosen)  # fmt: skip
 
     def merge_test_captions(self, path: Path) -> int:
         """Every teacher's test captions in one file, as the selector reads them (each teacher captioned the test
@@ -278,7 +284,7 @@ class Demo:
                             for detector in config.split_detectors for stitch in (False, True)}  # fmt: skip
         for split_name in ("val", "test"):  # the test videos' is reused when Table 2 made it
             split_stage(split_name, *PIPELINE_SPLIT)
-        teacher_key = {"corpus": corpus_key, "eval_videos": config.eval_videos, **config.teachers}
+        teacher_key = {"corpus": corpus_key, "eval_videos": config.eval_videos, **config.teachers.to_dict()}
         results["teachers"] = {
             name: stages.run(f"teacher_{name}", teacher_key, lambda n=name: self.train_teacher(n),
                              [self.path("runs", f"teacher_{name}"), self.path("teachers", name)])

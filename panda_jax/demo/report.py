@@ -16,8 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from panda_jax.configs.teachers import DEMO_TEACHERS  # noqa: E402
 from panda_jax.evaluate.facts import CHECKS  # noqa: E402
 
-# What each teacher can see decides which facts it is held to (issue: "competent where they can see").
-TARGETS = {"image": ("main_color", "main_shape"), "video": ("action",), "text": ("f1",)}
+# What each teacher can see decides what it is held to (issue: "competent where they can see"): the mean of these
+# fact accuracies (panda_jax.evaluate.facts; a prefix is a condition the clips meet).
+TARGETS = {
+    "image": ("the main object's colour and shape, both right", ("main_color_and_shape",)),
+    "video": ("the action", ("action",)),
+    "text": ("what subtitles say (main colour, shape, action), on clips whose subtitles are clean",
+             ("clean_subtitles/main_color", "clean_subtitles/main_shape", "clean_subtitles/action")),
+}  # fmt: skip
 TARGET = 0.8
 SELECTORS = {"pretrained": "pretrained (pairs, in-batch negatives)",
              "hard_negatives": "fine-tuned, Panda-70M's hard negatives", "contrastive": "fine-tuned, plain contrastive"}
@@ -104,6 +110,11 @@ def claims(results: dict[str, Any]) -> list[str]:
     return paragraphs
 
 
+def target_value(facts: dict[str, float], teacher: str, keys: tuple[str, ...], condition: str = "") -> float:
+    """The mean of a teacher's fact accuracies `keys` (0 for one not measured), on the clips of `condition`."""
+    return sum(facts.get(f"{teacher}/{condition}{key}", 0.0) for key in keys) / len(keys)
+
+
 def write_report(out: Path, results: dict[str, Any], variant: str) -> Path:
     facts, corpus = results["teacher_facts"], results["corpus"]
     lines = [
@@ -119,12 +130,13 @@ def write_report(out: Path, results: dict[str, Any], variant: str) -> Path:
                for name, row in results["split"].items()]), "",
         "## Teachers: the facts each states rightly", "",
         "Share of test clips whose caption states the fact rightly (not stated counts as not right), and the mean "
-        f"fact F1. Targets: image teacher colour and shape, video teacher action, text teacher F1, each ≥ "
-        f"{percent(TARGET)} (the text teacher's on all clips, not only those with clean subtitles).", "",
-        table(["teacher", *CHECKS, "f1", "target met"],
-              [[name, *(facts.get(f"{name}/{check}") for check in (*CHECKS, "f1")),
-                all(facts.get(f"{name}/{check}", 0) >= TARGET for check in TARGETS.get(name, ())) if name in TARGETS
-                else "-"] for name in DEMO_TEACHERS]), "",
+        "fact F1; then each teacher against the target it is held to, and on the clips with one object (one frame "
+        "cannot show which of two objects is the one acting).", "",
+        table(["teacher", *CHECKS, "f1"],
+              [[name, *(facts.get(f"{name}/{check}") for check in (*CHECKS, "f1"))] for name in DEMO_TEACHERS]), "",
+        table(["teacher", "held to", "measured", "one-object clips", f"≥ {percent(TARGET)}"],
+              [[name, text, target_value(facts, name, keys), target_value(facts, name, keys, "one_object/") if "/" not in "".join(keys) else "-",
+                target_value(facts, name, keys) >= TARGET] for name, (text, keys) in TARGETS.items()]), "",
         "## Caption selection", "",
         table(["selector", "top-1 agreement with the judge"],
               [[text, percent(results["selection"][name]["report"]["agreement"])] for name, text in SELECTORS.items()]),

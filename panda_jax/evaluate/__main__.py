@@ -20,6 +20,8 @@ facts: on the synthetic corpus, per teacher, the share of clips whose caption st
 the clip's event rightly (background kind and colours, main object shape, colour and size, action,
 other object shape, colour and size) and the mean fact precision, recall and F1 (`evaluate.facts`);
 a clip is scored against the ground-truth event (`gt_events` of `--videos`) it overlaps most.
+The same again on the clips of each condition (`one_object/...`, `clean_subtitles/...`:
+`facts.CONDITIONS`), where what a teacher sees settles the facts.
 With `--judged FILE` the judge's choice among each clip's captions (best fact F1, ties by CIDEr)
 is written as labels, and scored as the teacher `judge`: the oracle a perfect selection reaches.
 
@@ -38,7 +40,7 @@ from absl import flags
 
 from panda_jax import cli, selection_report
 from panda_jax.evaluate.captions import METRICS, ClipCaption, caption_metrics, read_predictions, read_references
-from panda_jax.evaluate.facts import FactScore, clip_events, fact_accuracy, judge, score_caption
+from panda_jax.evaluate.facts import CONDITIONS, FactScore, clip_events, fact_accuracy, judge, score_caption
 from panda_jax.evaluate.retrieval import recall_at_k
 from panda_jax.evaluate.selection import selection_agreement
 from panda_jax.files import atomic_output
@@ -106,13 +108,14 @@ def _facts(flag_values: flags.FlagValues) -> dict[str, float]:
     videos = {video.video_id: video.to_dict() for video in read_records(videos_path, Video)}
     events = clip_events(read_records(clips_path, Clip), videos)
     name = flag_values["name"].value
-    scores: dict[str, list[FactScore]] = {}
+    scores: dict[str, list[tuple[str, FactScore]]] = {}  # teacher → (clip_id, score)
     candidates: dict[str, dict[str, str]] = {}
     for record in read_records(captions_path, ClipCaption):
         if record.clip_id not in events:
             raise ValueError(f"clip {record.clip_id} has a caption but is not in {clips_path}")
         teacher = name or str(record.extra.get("teacher", "captions"))
-        scores.setdefault(teacher, []).append(score_caption(record.caption, events[record.clip_id]["facts"]))
+        score = score_caption(record.caption, events[record.clip_id]["facts"])
+        scores.setdefault(teacher, []).append((record.clip_id, score))
         candidates.setdefault(record.clip_id, {})[teacher] = record.caption
     if not scores:
         raise ValueError(f"{captions_path}: no captions")
@@ -122,13 +125,20 @@ def _facts(flag_values: flags.FlagValues) -> dict[str, float]:
         with atomic_output(flag_values["judged"].value) as temporary:
             write_jsonl(temporary, labels)
         # The oracle: the judge's choice of every clip, what a perfect selection would give.
-        scores["judge"] = [score_caption(candidates[l.clip_id][l.teacher], events[l.clip_id]["facts"]) for l in labels]
+        scores["judge"] = [(label.clip_id, score_caption(candidates[label.clip_id][label.teacher],
+                                                         events[label.clip_id]["facts"])) for label in labels]
     if flag_values["truth_out"].value:  # references for --task captions
         with atomic_output(flag_values["truth_out"].value) as temporary:
             write_jsonl(temporary, [{"clip_id": clip, "caption": events[clip]["caption"]} for clip in sorted(events)])
-    numbers = {name: {"captions": len(scored), **fact_accuracy(scored)} for name, scored in sorted(scores.items())}
+    numbers = {}
+    for teacher, scored in sorted(scores.items()):
+        numbers[teacher] = {"captions": len(scored), **fact_accuracy([score for _, score in scored])}
+        for condition in CONDITIONS:  # the same on the clips whose inputs settle the facts
+            met = [score for clip, score in scored if condition in events[clip]["conditions"]]
+            if met:
+                numbers[teacher] |= {f"{condition}/{key}": value for key, value in fact_accuracy(met).items()}
     if "judge" in numbers:  # clips where no teacher states every fact rightly
-        numbers["judge"]["every_teacher_wrong"] = sum(s.f1 < 1.0 for s in scores["judge"]) / len(scores["judge"])
+        numbers["judge"]["every_teacher_wrong"] = sum(s.f1 < 1.0 for _, s in scores["judge"]) / len(labels)
     return {f"{teacher}/{key}": value for teacher, named in numbers.items() for key, value in named.items()}
 
 

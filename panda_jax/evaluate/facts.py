@@ -213,7 +213,8 @@ def event_of(clip_start_frame: int, clip_end_frame: int, video_record: Mapping[s
 
 def clip_events(clips: Iterable[Any], videos: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """clip_id -> the ground-truth event (`event_of`) each clip (`records.Clip`) shows, of `videos` (video_id ->
-    `videos` record with `gt_events`). Raises ValueError for a clip of a video without ground truth or of no event."""
+    `videos` record with `gt_events`), with `conditions` added: the `CONDITIONS` the clip meets. Raises ValueError
+    for a clip of a video without ground truth or of no event."""
     events = {}
     for clip in clips:
         video = videos.get(clip.video_id, {})
@@ -226,13 +227,30 @@ def clip_events(clips: Iterable[Any], videos: Mapping[str, Mapping[str, Any]]) -
         event = event_of(start, end, video)
         if event is None:
             raise ValueError(f"clip {clip.clip_id} (frames {start}-{end}) overlaps no event of {clip.video_id}")
-        events[clip.clip_id] = event
+        conditions = {"one_object": len(event["facts"]["objects"]) == 1,
+                      "clean_subtitles": _subtitles_clean(start / video["fps"], end / video["fps"],
+                                                          video["gt_events"].index(event), video)}  # fmt: skip
+        events[clip.clip_id] = event | {"conditions": tuple(name for name in CONDITIONS if conditions[name])}
     return events
+
+
+# Clips on which a teacher's inputs settle the facts: one object (one frame cannot show which of two is the one
+# that acts), and subtitles that narrate the clip's own event rightly.
+CONDITIONS = ("one_object", "clean_subtitles")
+
+
+def _subtitles_clean(start: float, end: float, event: int, video: Mapping[str, Any]) -> bool:
+    """Whether the subtitles shown during [start, end) seconds (the side text a teacher reads with the clip) are at
+    least one line, each narrating this event with no noise (`gt_subtitles`)."""
+    shown = [truth for line, truth in zip(video["subtitles"], video["gt_subtitles"])
+             if line["start"] < end and line["end"] > start]  # fmt: skip
+    return bool(shown) and all(truth["event"] == event and truth["noise"] == "none" for truth in shown)
 
 
 def fact_accuracy(scores: Sequence[FactScore]) -> dict[str, float]:
     """For each check, the share of `scores` that state it rightly among those whose scene has the fact
-    (not stated counts as not right; a fact no scene has is left out), then the mean precision, recall and f1.
+    (not stated counts as not right; a fact no scene has is left out), the share stating the main object's colour
+    and shape both rightly, then the mean precision, recall and f1.
 
     Raises ValueError for no scores.
     """
@@ -243,6 +261,8 @@ def fact_accuracy(scores: Sequence[FactScore]) -> dict[str, float]:
         cases = [score.checks[name] is True for score in scores if name in score.in_scene]
         if cases:
             accuracy[name] = sum(cases) / len(cases)
+    both = [score.checks["main_color"] is True and score.checks["main_shape"] is True for score in scores]
+    accuracy["main_color_and_shape"] = sum(both) / len(both)
     for mean in ("precision", "recall", "f1"):
         accuracy[mean] = sum(getattr(score, mean) for score in scores) / len(scores)
     return accuracy
