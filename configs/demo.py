@@ -1,7 +1,8 @@
 """The grounded demo: `python -m panda_jax.demo --out DIR [--quick] [--seed S]` (`make demo`).
 
-Variants: `full` (the default: at most 20 minutes on 2 CPU cores) and `quick` (the same stages on
-a few videos with short trainings, under 5 minutes: for CI and checks; its numbers say little).
+Variants: `full` (the default: 33 minutes on 2 CPU cores, 17 of them training the teachers; the goal
+is 20, see the README) and `quick` (the same stages on a few videos with short trainings, under 5
+minutes: for CI and checks; its numbers say little).
 
 Every model is trained here from random weights on the synthetic corpus, so the sizes and steps
 below are what a 2-core CPU affords; the recipes themselves (schedules, losses, what each model

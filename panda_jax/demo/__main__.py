@@ -310,7 +310,7 @@ class Demo:
                                                           "--judged", str(self.path("captions", "test_labels.jsonl")),
                                                           "--truth_out", str(self.path("captions", "test_truth.jsonl"))))
         selector_key = {"teachers": teacher_key, **config.selector}
-        stages.run("dataset_labelled", selector_key, lambda: self.build_dataset("labelled"),
+        results["labelled"] = stages.run("dataset_labelled", selector_key, lambda: self.build_dataset("labelled"),
                    [self.path("tfds", "panda70m", "demo_labelled")])  # fmt: skip
         results["selectors"], results["selection"] = {}, {}
         for name in ("pretrained", "hard_negatives", "contrastive"):
@@ -323,6 +323,11 @@ class Demo:
         # The pipeline's product: the validation videos' clips with the fine-tuned selector's captions, as TFDS.
         stages.run("select_hard_negatives_val", selector_key, lambda: self.select("hard_negatives", "val"),
                    [self.path("select", "hard_negatives_val")])  # fmt: skip
+        # What the student learns from: the selected captions of the validation clips, as the judge scores them.
+        selected_val = self.path("select", "hard_negatives_val")
+        results["student_labels"] = stages.run(
+            "judge_selected_val", selector_key, lambda: self.facts("val", selected_val / "selection.jsonl",
+                                                                   selected_val / "facts.json", "--name", "selection"))
         results["dataset"] = stages.run("dataset_selected", selector_key,
                                         lambda: self.build_dataset("selected", "hard_negatives_val"),
                                         [self.path("tfds", "panda70m", "demo_selected")])  # fmt: skip
