@@ -51,6 +51,11 @@ def read_subtitles(path: str | os.PathLike) -> list[dict[str, Any]]:
     return parse_subtitles(path.read_text(encoding="utf-8"), str(path))
 
 
+def shown(line: dict[str, Any], start: float, end: float) -> bool:
+    """Whether a subtitle line is shown at some moment of [start, end) seconds."""
+    return line["start"] < end and line["end"] > start
+
+
 def overlapping_text(subtitles: Iterable[dict[str, Any]], start: float, end: float) -> str:
     """The text of the lines shown at some moment of [start, end), joined by a space."""
-    return " ".join(s["text"] for s in subtitles if s["start"] < end and s["end"] > start)
+    return " ".join(s["text"] for s in subtitles if shown(s, start, end))

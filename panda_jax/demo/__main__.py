@@ -20,6 +20,7 @@ from panda_jax.data import synthetic
 from panda_jax.demo import __doc__ as DEMO_DOC
 from panda_jax.demo import report
 from panda_jax.evaluate import __main__ as evaluate
+from panda_jax.files import atomic_output
 from panda_jax.records import read_jsonl
 from panda_jax.video.metrics import split_report
 
@@ -54,7 +55,9 @@ class Stages:
         result = function()
         self.seconds[name] = time.perf_counter() - began
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"inputs": inputs, "seconds": self.seconds[name], "result": result}, indent=1))
+        with atomic_output(record) as temporary:  # a kill leaves the old record or none, never half of one
+            temporary.write_text(json.dumps({"inputs": inputs, "seconds": self.seconds[name], "result": result},
+                                            indent=1))  # fmt: skip
         print(f"   {name}: {self.seconds[name]:.1f} s", flush=True)
         return result
 

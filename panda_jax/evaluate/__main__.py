@@ -109,24 +109,24 @@ def _facts(flag_values: flags.FlagValues) -> dict[str, float]:
     events = clip_events(read_records(clips_path, Clip), videos)
     name = flag_values["name"].value
     scores: dict[str, list[tuple[str, FactScore]]] = {}  # teacher → (clip_id, score)
-    candidates: dict[str, dict[str, str]] = {}
+    candidates: dict[str, dict[str, tuple[str, FactScore]]] = {}  # clip_id → teacher → (caption, score)
     for record in read_records(captions_path, ClipCaption):
         if record.clip_id not in events:
             raise ValueError(f"clip {record.clip_id} has a caption but is not in {clips_path}")
         teacher = name or str(record.extra.get("teacher", "captions"))
         score = score_caption(record.caption, events[record.clip_id]["facts"])
         scores.setdefault(teacher, []).append((record.clip_id, score))
-        candidates.setdefault(record.clip_id, {})[teacher] = record.caption
+        candidates.setdefault(record.clip_id, {})[teacher] = (record.caption, score)
     if not scores:
         raise ValueError(f"{captions_path}: no captions")
     if flag_values["judged"].value:  # the caption the judge (people) would choose, for selection and its training
-        labels = [Label(clip_id=clip_id, teacher=judge(texts, events[clip_id]["facts"], events[clip_id]["caption"]))
-                  for clip_id, texts in sorted(candidates.items())]  # fmt: skip
+        labels = [Label(clip_id=clip, teacher=judge({name: text for name, (text, _) in named.items()},
+                                                    events[clip]["facts"], events[clip]["caption"]))
+                  for clip, named in sorted(candidates.items())]  # fmt: skip
         with atomic_output(flag_values["judged"].value) as temporary:
             write_jsonl(temporary, labels)
         # The oracle: the judge's choice of every clip, what a perfect selection would give.
-        scores["judge"] = [(label.clip_id, score_caption(candidates[label.clip_id][label.teacher],
-                                                         events[label.clip_id]["facts"])) for label in labels]
+        scores["judge"] = [(label.clip_id, candidates[label.clip_id][label.teacher][1]) for label in labels]
     if flag_values["truth_out"].value:  # references for --task captions
         with atomic_output(flag_values["truth_out"].value) as temporary:
             write_jsonl(temporary, [{"clip_id": clip, "caption": events[clip]["caption"]} for clip in sorted(events)])
@@ -138,7 +138,7 @@ def _facts(flag_values: flags.FlagValues) -> dict[str, float]:
             if met:
                 numbers[teacher] |= {f"{condition}/{key}": value for key, value in fact_accuracy(met).items()}
     if "judge" in numbers:  # clips where no teacher states every fact rightly
-        numbers["judge"]["every_teacher_wrong"] = sum(s.f1 < 1.0 for _, s in scores["judge"]) / len(labels)
+        numbers["judge"]["every_teacher_wrong"] = sum(s.f1 < 1.0 for _, s in scores["judge"]) / len(scores["judge"])
     return {f"{teacher}/{key}": value for teacher, named in numbers.items() for key, value in named.items()}
 
 

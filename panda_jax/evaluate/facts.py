@@ -19,6 +19,7 @@ from typing import Any
 
 from pycocoevalcap.cider.cider import Cider
 
+from panda_jax.data.subtitles import shown
 from panda_jax.data.synthetic.spec import PALETTE, SHAPES, SIZES
 from panda_jax.data.synthetic.text import _ACTION_PHRASES, _BACKGROUND_PHRASES, _CAPTIONS, _OTHER_OBJECT
 
@@ -242,9 +243,8 @@ CONDITIONS = ("one_object", "clean_subtitles")
 def _subtitles_clean(start: float, end: float, event: int, video: Mapping[str, Any]) -> bool:
     """Whether the subtitles shown during [start, end) seconds (the side text a teacher reads with the clip) are at
     least one line, each narrating this event with no noise (`gt_subtitles`)."""
-    shown = [truth for line, truth in zip(video["subtitles"], video["gt_subtitles"])
-             if line["start"] < end and line["end"] > start]  # fmt: skip
-    return bool(shown) and all(truth["event"] == event and truth["noise"] == "none" for truth in shown)
+    truths = [truth for line, truth in zip(video["subtitles"], video["gt_subtitles"]) if shown(line, start, end)]
+    return bool(truths) and all(truth["event"] == event and truth["noise"] == "none" for truth in truths)
 
 
 def fact_accuracy(scores: Sequence[FactScore]) -> dict[str, float]:

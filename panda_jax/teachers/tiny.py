@@ -282,8 +282,8 @@ def random_weights(
     """
     norms = (nnx.LayerNorm, nnx.RMSNorm)
     norm_scales = {id(node.scale) for _, node in nnx.iter_graph(model) if isinstance(node, norms)}
-    kernel_inputs = {id(node.kernel): node.in_features for _, node in nnx.iter_graph(model)
-                     if fan_in and isinstance(node, nnx.Linear)}  # fmt: skip
+    linears = (node for _, node in nnx.iter_graph(model) if isinstance(node, nnx.Linear)) if fan_in else ()
+    kernel_inputs = {id(node.kernel): node.in_features for node in linears}
     rng = np.random.default_rng(seed)
     tensors = {}
     for name in sorted(slots):
