@@ -122,20 +122,15 @@ class SplitStage:
         if info.num_frames != found.num_frames:
             log.warning("%s: the container says %d frames but %d decode (a truncated or damaged file?); "
                         "split as %d frames", path, info.num_frames, found.num_frames, found.num_frames)
-        if stitching is not None and found.shots:
-            events = stitch(found.shots, found.embeddings, info.fps, self._params)
-            spans = [(e.start_frame, e.end_frame, e.shot_count) for e in events]
-        else:
-            spans = [(start, end, 1) for start, end in found.shots]
         shots = Shots(
             video_id=video_id, fps=info.fps, num_frames=found.num_frames, detector=self._detector.name,
             shots=tuple(found.shots), container_frames=info.num_frames,
         )
-        clips = [
-            Clip(clip_id=clip_id(video_id, index), video_id=video_id, start=round(start / info.fps, 6),
-                 end=round(end / info.fps, 6), start_frame=start, end_frame=end, shot_count=count)
-            for index, (start, end, count) in enumerate(spans)
-        ]
+        if stitching is not None and found.shots:
+            events = stitch(found.shots, found.embeddings, info.fps, self._params)
+            clips = span_clips(video_id, info.fps, [(e.start_frame, e.end_frame, e.shot_count) for e in events])
+        else:
+            clips = shot_clips(shots)
         if self.config.cut:
             clips = self._cut(path, clips, out_dir, info.fps)
         files = tuple(c.file for c in clips if c.file)
@@ -152,6 +147,21 @@ class SplitStage:
             files = [f"clips/{clip.clip_id}{suffix}" for clip in clips]
             starts = [round(s, 6) for s in cut_copy(path, [(out_dir / f, c.start, c.end) for f, c in zip(files, clips)])]
         return [dataclasses.replace(c, file=f, file_start=s) for c, f, s in zip(clips, files, starts)]
+
+
+def span_clips(video_id: str, fps: float, spans: Sequence[tuple[int, int, int]]) -> list[Clip]:
+    """The clip records of a video's (start frame, end frame, shot count) spans, in order."""
+    return [
+        Clip(clip_id=clip_id(video_id, index), video_id=video_id, start=round(start / fps, 6), end=round(end / fps, 6),
+             start_frame=start, end_frame=end, shot_count=count)
+        for index, (start, end, count) in enumerate(spans)
+    ]  # fmt: skip
+
+
+def shot_clips(shots: Shots) -> list[Clip]:
+    """The clips of a split without stitching (`--nostitch`, uncut): one per detected shot. A stitched run's
+    `shots.jsonl` holds the same shots, so its unstitched clips need no second pass over the video."""
+    return span_clips(shots.video_id, shots.fps, [(start, end, 1) for start, end in shots.shots])
 
 
 def video_shard(video: Video) -> stages.Shard:

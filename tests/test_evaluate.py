@@ -1,6 +1,6 @@
 """Evaluation: caption metrics, retrieval recall and selection agreement against hand-computed values, and the CLI.
 
-The caption metrics run Java (the PTB tokenizer, and METEOR, which loads for seconds: it runs once).
+The caption metrics run Java (the PTB tokenizer, and METEOR, which loads for seconds: it runs twice).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from panda_jax.evaluate import caption_metrics, recall_at_k, selection_agreement
+from panda_jax.evaluate import caption_metrics, captions, recall_at_k, selection_agreement
 from panda_jax.evaluate.__main__ import main
 from panda_jax.records import Selection, write_jsonl
 
@@ -20,12 +20,27 @@ EXACT = {"a.0000": "A red car drives down the road.", "b.0000": "Two dogs play i
 
 @pytest.mark.heavy  # METEOR's Java process loads its paraphrase table for 10 to 30 s
 def test_a_prediction_equal_to_its_reference_scores_full_marks():
-    exact_metrics = caption_metrics(EXACT, {clip: [caption.lower()] for clip, caption in EXACT.items()})
+    references = {clip: [caption.lower()] for clip, caption in EXACT.items()}
+    exact_metrics = caption_metrics(EXACT, references)
     assert list(exact_metrics) == ["BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
     assert exact_metrics["BLEU-4"] == pytest.approx(1.0)
     assert exact_metrics["ROUGE-L"] == pytest.approx(1.0)
     assert 0.99 < exact_metrics["METEOR"] <= 1.0  # only METEOR's fragmentation penalty, 0.5 / 7**3 at most
     assert exact_metrics["CIDEr"] == pytest.approx(10.0)  # cosine 1 for n = 1..4, no length penalty, times 10
+
+    # Later calls share the METEOR process, and each gets its own score.
+    scorer = captions._meteor()
+    swapped = {"a.0000": EXACT["b.0000"], "b.0000": EXACT["a.0000"]}
+    assert caption_metrics(swapped, references, ["METEOR"])["METEOR"] < 0.1
+    assert caption_metrics(EXACT, references, ["METEOR"]) == {"METEOR": exact_metrics["METEOR"]}
+    assert captions._meteor() is scorer
+    # A dead Java process fails its call with a clear error; the next call starts another.
+    scorer.meteor_p.kill()
+    scorer.meteor_p.wait()
+    with pytest.raises(RuntimeError, match="METEOR's Java process failed"):
+        caption_metrics(EXACT, references, ["METEOR"])
+    assert caption_metrics(EXACT, references, ["METEOR"]) == {"METEOR": exact_metrics["METEOR"]}
+    assert captions._meteor() is not scorer
 
 
 def test_bleu_and_rouge_equal_the_hand_computed_values():

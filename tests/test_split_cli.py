@@ -81,12 +81,16 @@ def test_splits_records_failures_and_resumes(corpus, tmp_path, monkeypatch):
     assert _run("--videos", folder / "with_failures.jsonl", "--out", out, "--detector", "content") == 1
     assert sorted(calls) == ["broken", "gone"] and (out / "clips.jsonl").read_bytes() == before
 
-    # Other settings are not reused: without stitching every (long-shot-split) shot is a clip.
+    # Other settings are not reused: without stitching every (long-shot-split) shot is a clip, the clips
+    # `shot_clips` makes of the stitched run's shots.
     calls.clear()
+    stitched_shots = list(read_records(out / "shots.jsonl", Shots))
     assert _run("--videos", folder / "with_failures.jsonl", "--out", out, "--detector", "content", "--nostitch") == 1
     assert len(calls) == 5
-    unstitched = list(read_jsonl(out / "clips.jsonl"))
-    assert len(unstitched) == sum(len(r["shots"]) for r in read_jsonl(out / "shots.jsonl"))
+    assert list(read_records(out / "shots.jsonl", Shots)) == stitched_shots
+    unstitched = list(read_records(out / "clips.jsonl", Clip))
+    assert len(unstitched) > len(clips)
+    assert unstitched == [clip for record in stitched_shots for clip in split.shot_clips(record)]
 
 
 def test_a_changed_threshold_or_file_is_split_again_an_unchanged_one_reused(corpus, tmp_path, monkeypatch):

@@ -10,7 +10,9 @@ function a user calls (the demo holds no stage logic of its own):
   corpus     validation and test videos of one seed (`synthetic.generate_corpus`); the train
              videos are rendered in memory by the trainings (`SyntheticClips`);
   split      the test videos with each detector, with and without stitching, scored against
-             the ground truth (the paper's Table 2); validation and test as the pipeline goes on;
+             the ground truth (the paper's Table 2; the unstitched clips are the stitched run's
+             shots, `split.shot_clips`, one detection pass per detector); validation and test as
+             the pipeline goes on;
   teachers   four captioners trained from scratch on the train videos, each seeing what its
              paper counterpart sees (`python -m panda_jax.train --config=captioner:...`, then
              `python -m panda_jax.export`);

@@ -21,7 +21,7 @@ from panda_jax.demo import __doc__ as DEMO_DOC
 from panda_jax.demo import report
 from panda_jax.evaluate import __main__ as evaluate
 from panda_jax.files import atomic_output
-from panda_jax.records import read_jsonl
+from panda_jax.records import Shots, read_jsonl, read_records, write_jsonl
 from panda_jax.video.metrics import split_report
 
 log = logging.getLogger("panda_jax.demo")
@@ -114,9 +114,16 @@ class Demo:
         """Splits one corpus split with `python -m panda_jax.split`'s function; the test videos' split scored
         against the truth (Table 2)."""
         out = self.split_folder(split_name, detector, stitch)
-        config = cli.load_config("split")
-        config.detector, config.stitch.enabled = detector, stitch
-        split.run(split.read_video_list(self.videos(split_name), []), out, config, workers=self.config.corpus.workers)
+        if stitch:
+            config = cli.load_config("split")
+            config.detector = detector
+            split.run(split.read_video_list(self.videos(split_name), []), out, config,
+                      workers=self.config.corpus.workers)  # fmt: skip
+        else:  # the stitched run's shots, one clip each, as `--nostitch` makes them: no second detection pass
+            shots = list(read_records(self.split_folder(split_name, detector, True) / "shots.jsonl", Shots))
+            out.mkdir(parents=True, exist_ok=True)
+            write_jsonl(out / "shots.jsonl", shots)
+            write_jsonl(out / "clips.jsonl", (clip for record in shots for clip in split.shot_clips(record)))
         if split_name != "test":
             return {}
         report = split_report(list(read_jsonl(self.videos(split_name))), list(read_jsonl(out / "shots.jsonl")),
@@ -283,7 +290,9 @@ class Demo:
                               lambda: self.split(split_name, detector, stitch),
                               [self.split_folder(split_name, detector, stitch)])  # fmt: skip
 
-        results["split"] = {split_label(detector, stitch): split_stage("test", detector, stitch)
+        rows = {(detector, stitch): split_stage("test", detector, stitch)  # the shots row reads the stitched run's
+                for detector in config.split_detectors for stitch in (True, False)}  # fmt: skip
+        results["split"] = {split_label(detector, stitch): rows[detector, stitch]
                             for detector in config.split_detectors for stitch in (False, True)}  # fmt: skip
         for split_name in ("val", "test"):  # the test videos' is reused when Table 2 made it
             split_stage(split_name, *PIPELINE_SPLIT)
