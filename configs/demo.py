@@ -1,7 +1,7 @@
 """The grounded demo: `python -m panda_jax.demo --out DIR [--quick] [--seed S]` (`make demo`).
 
-Variants: `full` (the default: 33 minutes on 2 CPU cores, 17 of them training the teachers; the goal
-is 20, see the README) and `quick` (the same stages on a few videos with short trainings, under 5
+Variants: `full` (the default: 33.5 minutes on 2 CPU cores, 23 of them training the teachers; the
+goal is 20, see the README) and `quick` (the same stages on a few videos with short trainings, under 5
 minutes: for CI and checks; its numbers say little).
 
 Every model is trained here from random weights on the synthetic corpus, so the sizes and steps
@@ -41,12 +41,13 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     # Validation clips the trainings on synthetic clips evaluate on (quick: none, one compilation less each).
     config.eval_videos = 0 if quick else 20
     # Each teacher's steps and batch size: the image teacher learns colours from about step 500 on (shapes and
-    # textures later); the others get what is left of the budget. The side text is cut shorter than Panda-70M's
+    # textures later); the text teacher copies the shape from clean subtitles by step 400 and the colour by 1,200
+    # (not yet the action); the video and image + side-text teachers get what is left of the budget. The side text is cut shorter than Panda-70M's
     # budgets (configs/teachers.py) for the text-reading teachers, in training and captioning alike: their prompts fit
     # 160 tokens instead of 256.
     teachers = ("image", "video", "text", "image_side_text")
     config.teachers = ml_collections.ConfigDict(dict(
-        steps=dict.fromkeys(teachers, 30) if quick else dict(image=900, video=400, text=400, image_side_text=400),
+        steps=dict.fromkeys(teachers, 30) if quick else dict(image=900, video=400, text=1200, image_side_text=400),
         batch_size=dict.fromkeys(teachers, 16) if quick else dict(image=32, video=16, text=16, image_side_text=16),
         learning_rate=2e-3, sizes=TEACHER_SIZES, max_prompt_tokens=160,
         side_text=ml_collections.ConfigDict(dict(subtitles=64, title=16, description=32)),
