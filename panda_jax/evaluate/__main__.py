@@ -121,7 +121,8 @@ def _facts(flag_values: flags.FlagValues) -> dict[str, float]:
         raise ValueError(f"{captions_path}: no captions")
     if flag_values["judged"].value:  # the caption the judge (people) would choose, for selection and its training
         labels = [Label(clip_id=clip, teacher=judge({name: text for name, (text, _) in named.items()},
-                                                    events[clip]["facts"], events[clip]["caption"]))
+                                                    events[clip]["facts"], events[clip]["caption"],
+                                                    {name: score for name, (_, score) in named.items()}))
                   for clip, named in sorted(candidates.items())]  # fmt: skip
         with atomic_output(flag_values["judged"].value) as temporary:
             write_jsonl(temporary, labels)

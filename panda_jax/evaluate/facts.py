@@ -183,15 +183,20 @@ def _cider(reference: str, candidates: Mapping[str, str]) -> dict[str, float]:
     return dict(zip(texts, map(float, scores)))
 
 
-def judge(candidates: Mapping[str, str], facts: Mapping[str, Any], reference: str) -> str:
+def judge(
+    candidates: Mapping[str, str], facts: Mapping[str, Any], reference: str,
+    scores: Mapping[str, FactScore] | None = None,
+) -> str:  # fmt: skip
     """The name of the candidate caption people would choose: the best fact F1.
 
     Ties go to the best CIDEr against `reference` (the ground-truth caption), computed over this
-    clip's candidates, then to the first name in sorted order. Raises ValueError without candidates.
+    clip's candidates, then to the first name in sorted order. `scores`: the candidates'
+    `score_caption` against `facts`, where the caller has them already. Raises ValueError without candidates.
     """
     if not candidates:
         raise ValueError("no candidate captions to judge")
-    f1 = {name: score_caption(text, facts).f1 for name, text in candidates.items()}
+    scores = scores or {name: score_caption(text, facts) for name, text in candidates.items()}
+    f1 = {name: scores[name].f1 for name in candidates}
     best = sorted(name for name, value in f1.items() if value == max(f1.values()))
     if len(best) == 1:
         return best[0]
