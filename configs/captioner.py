@@ -22,8 +22,13 @@ the weights.
   max_prompt_tokens, max_caption_tokens   the training layout (longer prompts are refused, longer
               captions cut); max_words, min_word_count   the tokenizer's vocabulary.
 
-Variants (`tiny_` + a shape variant: the same shape, very small, 4 synthetic videos, in well
-under a minute on a CPU; `tiny` alone is `tiny_image`):
+`data` fields (synthetic): `synthetic_videos` 0 trains on the endless stream of fresh videos
+(`SyntheticStream`), N > 0 on the events of videos 0 … N-1 held in memory; the
+`synthetic_eval_videos` after them are the eval set; `tokenizer_examples` the training clips the
+word tokenizer learns its words from (a stream's first ones).
+
+Variants (`tiny_` + a shape variant: the same shape, very small, on the events of 4 synthetic
+videos in memory, in well under a minute on a CPU; `tiny` alone is `tiny_image`):
   image            BLIP-2 (LLaMA) on one frame at 64 px: also what the demo's student is built around;
   video            InstructBLIP-Video (LLaMA) on 8 frames at a lower resolution, 32 px;
   text             a LLaMA alone on the side-text prompt (title, description, subtitles);
@@ -69,7 +74,7 @@ def get_config(variant: str = "image") -> ml_collections.ConfigDict:
     config.side_text = ml_collections.ConfigDict(dict(subtitles=256, title=32, description=128))  # as teachers.py
     config.data = ml_collections.ConfigDict(dict(
         source="synthetic", name="panda70m", data_dir="", split="train", eval_split="",
-        synthetic_videos=300, synthetic_eval_videos=20, synthetic_seed=0, synthetic_size=64,
+        synthetic_videos=0, synthetic_eval_videos=20, synthetic_seed=0, synthetic_size=64, tokenizer_examples=1_000,
     ))  # fmt: skip
     config.train = ml_collections.ConfigDict(dict(
         num_frames=max(frames, 2), image_size=image_size, crop_scale=(0.8, 1.0), flip_probability=0.0,

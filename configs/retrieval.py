@@ -49,6 +49,8 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
     config.model = "retrieval"
     config.data = ml_collections.ConfigDict(dict(
         source="tfds", name="panda70m", data_dir="", split="train", eval_split="",
+        # source="synthetic": videos 0 … N-1 in memory (synthetic_videos N > 0) or, with 0, the endless stream of fresh
+        # videos; the synthetic_eval_videos after them evaluate.
         synthetic_videos=0, synthetic_eval_videos=0, synthetic_seed=0, synthetic_size=64,
         # > 0: fine-tune on each clip's teacher captions (this many), the one of `labels` (clip_id → teacher,
         # a JSONL; synthetic clips carry their own) the positive; 0: clip/caption pairs.

@@ -32,7 +32,8 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
     config.side_text_keep_probability = 0.5
     config.data = ml_collections.ConfigDict(dict(
         source="tfds", name="panda70m", data_dir="", split="train", eval_split="",
-        # source="synthetic": in-memory clips of the synthetic corpus (train and eval videos apart).
+        # source="synthetic": the synthetic corpus, videos 0 … N-1 in memory (synthetic_videos N > 0) or, with 0, the
+        # endless stream of fresh videos; the synthetic_eval_videos after them evaluate.
         synthetic_videos=0, synthetic_eval_videos=0, synthetic_seed=0, synthetic_size=64,
     ))  # fmt: skip
     config.train = ml_collections.ConfigDict(dict(

@@ -165,11 +165,12 @@ def captioner_task(config: Any, mesh: Any) -> Task:
     LeCun's normal(0, 1/sqrt(in_features)) for linear layers, which these narrow models learn from several times
     faster (`tiny.random_weights`): drawn from `train.seed`, the same on every platform.
 
-    Its word-level tokenizer (panda_jax.models.word_tokenizer) is trained first on the training clips' captions and
-    prompts. The loss is the cross-entropy of the caption tokens (EOS included) after the prompt as the captioner
-    reads it at inference: the placeholders of the visual tokens, the prompt padded on the left, the caption on the
-    right, and positions the running count of real tokens, as generation numbers them (`CaptionerText`). An image
-    captioner sees one of the frames the pipeline samples, at random; a video captioner all `captioner.frames`.
+    Its word-level tokenizer (panda_jax.models.word_tokenizer) is trained first on the captions and prompts of the
+    first `data.tokenizer_examples` training clips. The loss is the cross-entropy of the caption tokens (EOS included)
+    after the prompt as the captioner reads it at inference: the placeholders of the visual tokens, the prompt padded
+    on the left, the caption on the right, and positions the running count of real tokens, as generation numbers
+    them (`CaptionerText`). An image captioner sees one of the frames the pipeline samples, at random; a video
+    captioner all `captioner.frames`.
     """
     from panda_jax.data.pipeline import CaptionerText, captioner_corpus
     from panda_jax.models import load, student, word_tokenizer
@@ -195,7 +196,8 @@ def captioner_task(config: Any, mesh: Any) -> Task:
                          f"({spec.text.max_position_embeddings})")  # fmt: skip
 
     source, _ = data_sources(config)
-    corpus = (text for index in range(len(source)) for text in captioner_corpus(source[index], spec.side_text))
+    examples = range(min(len(source), config.data.tokenizer_examples))  # a stream's first ones: it never ends
+    corpus = (text for index in examples for text in captioner_corpus(source[index], spec.side_text))
     tokenizer = word_tokenizer.train_word_tokenizer(
         corpus, [kind.placeholder] if kind.placeholder else [], max_words=spec.max_words, min_count=spec.min_word_count
     )
@@ -257,14 +259,23 @@ TASKS = {"student": student_task, "retrieval": retrieval_task, "captioner": capt
 
 
 def data_sources(config: Any) -> tuple[Any, Any | None]:
-    """(train source, eval source or None): the `panda70m` TFDS splits, or synthetic clips of separate videos."""
+    """(train source, eval source or None): the `panda70m` TFDS splits, or synthetic clips of separate videos.
+
+    Synthetic: `data.synthetic_videos` > 0 trains on the events of videos 0 … N-1 of `data.synthetic_seed` in memory
+    (`SyntheticClips`), 0 on the endless stream of fresh videos (`SyntheticStream`, from video `STREAM_FIRST_VIDEO`
+    on); either way the `data.synthetic_eval_videos` videos after the training ones (from video 0 for the stream)
+    are the eval set, which no training example shares a video with.
+    """
     data = config.data
     if data.source == "synthetic":
-        from panda_jax.data.synthetic import SyntheticClips
+        from panda_jax.data.synthetic import SyntheticClips, SyntheticStream
 
         options = dict(size=data.synthetic_size, stored_frames=config.train.num_frames,
                        candidates=data.get("candidates", 0))  # fmt: skip
-        train = SyntheticClips(data.synthetic_videos, data.synthetic_seed, **options)
+        if data.synthetic_videos:
+            train = SyntheticClips(data.synthetic_videos, data.synthetic_seed, **options)
+        else:
+            train = SyntheticStream(data.synthetic_seed, **options)
         evaluation = SyntheticClips(data.synthetic_eval_videos, data.synthetic_seed, first_video=data.synthetic_videos,
                                     **options) if data.synthetic_eval_videos else None  # fmt: skip
         return train, evaluation

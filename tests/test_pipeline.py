@@ -9,6 +9,7 @@ from tokenizers import models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from panda_jax.data import pipeline
+from panda_jax.models.clip import IMAGE_MEAN, IMAGE_STD
 
 NUM_STORED = 16
 SENTENCES = [
@@ -51,7 +52,7 @@ class FakeSource:
 
 def stored_indices(frames: np.ndarray, clip: int) -> list[int]:
     """Reads back which stored frames a normalised [T, S, S, 3] sample came from."""
-    level = frames[:, :, :, 0].mean(axis=(1, 2)) * pipeline.CLIP_STD[0] * 255 + pipeline.CLIP_MEAN[0] * 255
+    level = frames[:, :, :, 0].mean(axis=(1, 2)) * IMAGE_STD[0] * 255 + IMAGE_MEAN[0] * 255
     return [int(round((v - 5 - clip % 3) / 15)) for v in level]
 
 
@@ -114,7 +115,7 @@ def test_eval_samples_uniformly_resizes_and_normalises_in_source_order():
     assert first["frames"].shape == (4, 8, 8, 8, 3) and first["frames"].dtype == np.float32
     for row, clip in enumerate(range(4)):
         assert stored_indices(first["frames"][row], clip) == [1, 3, 5, 7, 9, 11, 13, 15]
-    expected = (frame_value(0, 1) / 255 - np.array(pipeline.CLIP_MEAN)) / np.array(pipeline.CLIP_STD)
+    expected = (frame_value(0, 1) / 255 - np.array(IMAGE_MEAN)) / np.array(IMAGE_STD)
     np.testing.assert_allclose(first["frames"][0, 0, 3, 5], expected, rtol=1e-5)
     assert first["caption"][1] == SENTENCES[1].encode()
 

@@ -3,8 +3,9 @@
 The source is `tfds.data_source("panda70m", split=...)` in production, or anything with
 `__len__` and `__getitem__` returning the example dicts of the `panda70m` builder (frames
 uint8 [T, H, W, 3], caption, clip_id, ...). Per clip the pipeline samples frames, resizes
-(eval) or random-resized-crops and flips (train) them with numpy/cv2 in the workers,
-normalises them, tokenizes the caption, and batches per host:
+(eval) or random-resized-crops and flips (train) them in the workers, with the pixel recipe
+the captioner and the selector apply at inference (`panda_jax.models.preprocess`: PIL bicubic,
+BLIP's normalisation), tokenizes the caption, and batches per host:
 
     ds = make_dataset(tfds.data_source("panda70m", split="train"), train=True, batch_size=48,
                       tokenizer=tokenizer, worker_count=8)
@@ -26,25 +27,21 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-import cv2
 import grain
 import jax
 import numpy as np
 from absl import flags
 from transformers import PreTrainedTokenizerBase
 
+from panda_jax.models.clip import IMAGE_MEAN, IMAGE_STD
 from panda_jax.models.inference import pad_tokens
+from panda_jax.models.preprocess import pixel_values
 from panda_jax.video.sampling import uniform_indices
 
 if TYPE_CHECKING:
     from panda_jax.teachers import prompts
 
 log = logging.getLogger(__name__)
-
-# CLIP's image statistics; BLIP / BLIP-2 / EVA use the same values.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 class ExampleSource(Protocol):
     """What the pipeline reads: a sized, indexable collection of `panda70m` example dicts."""
@@ -107,15 +104,6 @@ def random_resized_crop_box(
     else:
         crop_h, crop_w = height, width
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
-
-
-def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
-    """Resizes uint8 [T, H, W, 3] frames to [T, size, size, 3] without crop (area filter when shrinking)."""
-    _, height, width, _ = frames.shape
-    if (height, width) == (size, size):
-        return frames
-    interpolation = cv2.INTER_AREA if size < min(height, width) else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(frame, (size, size), interpolation=interpolation) for frame in frames])
 
 
 def _text(value: Any) -> str:
@@ -282,13 +270,18 @@ class CandidateText:
 
 @dataclasses.dataclass(frozen=True)
 class ClipTransform(grain.transforms.RandomMap):
-    """Turns one example dict into model inputs; picklable so grain workers can run it."""
+    """Turns one example dict into model inputs; picklable so grain workers can run it.
+
+    Frames become pixels by `preprocess.pixel_values` at `image_size`, as `captioner.ImageProcessor` makes them at
+    inference: evaluation resizes the whole frames, so its pixels are exactly the captioner's; training first crops
+    the uint8 frames (random-resized crop) and then mirrors the pixels.
+    """
 
     train: bool
     num_frames: int = 8
     image_size: int = 224
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
+    mean: tuple[float, float, float] = IMAGE_MEAN
+    std: tuple[float, float, float] = IMAGE_STD
     crop_scale: tuple[float, float] = (0.5, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_probability: float = 0.5
@@ -303,21 +296,22 @@ class ClipTransform(grain.transforms.RandomMap):
                 f"clip {_text(element.get('clip_id', '?'))!r}: frames must be uint8 [T, H, W, 3], "
                 f"got shape {frames.shape}"
             )
+        size = (self.image_size, self.image_size)
         if self.train:
             frames = frames[train_indices(len(frames), self.num_frames, rng)]
             top, left, crop_h, crop_w = random_resized_crop_box(
                 frames.shape[1], frames.shape[2], rng, self.crop_scale, self.crop_ratio
             )
-            frames = resize_frames(frames[:, top : top + crop_h, left : left + crop_w], self.image_size)
+            pixels = pixel_values(frames[:, top : top + crop_h, left : left + crop_w], size, mean=self.mean,
+                                  std=self.std)  # fmt: skip
             if rng.random() < self.flip_probability:
-                frames = frames[:, :, ::-1]
+                pixels = pixels[:, :, ::-1]
         else:
-            frames = resize_frames(frames[uniform_indices(len(frames), self.num_frames)], self.image_size)
-        mean = np.asarray(self.mean, np.float32) * 255.0
-        std = np.asarray(self.std, np.float32) * 255.0
+            pixels = pixel_values(frames[uniform_indices(len(frames), self.num_frames)], size, mean=self.mean,
+                                  std=self.std)  # fmt: skip
         caption = _text(element["caption"])
         out = {
-            "frames": (frames.astype(np.float32) - mean) / std,
+            "frames": pixels,
             "clip_id": _text(element["clip_id"]).encode("utf-8"),
             "caption": caption.encode("utf-8"),
         }
@@ -352,8 +346,8 @@ def make_dataset(
     num_epochs: int | None = None,
     shard_index: int | None = None,
     shard_count: int | None = None,
-    mean: Sequence[float] = CLIP_MEAN,
-    std: Sequence[float] = CLIP_STD,
+    mean: Sequence[float] = IMAGE_MEAN,
+    std: Sequence[float] = IMAGE_STD,
     crop_scale: tuple[float, float] = (0.5, 1.0),
     flip_probability: float = 0.5,
     text: Callable[[dict[str, Any], bool, np.random.Generator], dict[str, np.ndarray]] | None = None,
@@ -361,7 +355,8 @@ def make_dataset(
     """Builds the input pipeline; `iter()` of the result is a checkpointable iterator.
 
     Args:
-      source: random-access examples, e.g. `tfds.data_source("panda70m", split="train")`.
+      source: random-access examples, e.g. `tfds.data_source("panda70m", split="train")`, or an endless one
+        (`synthetic.SyntheticStream`): grain shuffles indices on the fly (`index_shuffle`), never a list of them.
       train: shuffle, sample 4 random frames per half, random-resized-crop and flip, and drop
         the last partial batch; otherwise keep the order, sample uniformly and only resize.
       batch_size: the global batch size; each host gets `batch_size // shard_count`.

@@ -27,6 +27,9 @@ function a user calls (the demo holds no stage logic of its own):
              the test clips as a teacher would;
   table 4    fact F1, BLEU-4, METEOR, ROUGE-L, CIDEr and clips/s of every captioner.
 
-It writes DIR/results.json and DIR/README.md (`panda_jax.demo.report`). Each stage records its
-wall time in DIR/stages/; a second run reuses the stages whose inputs did not change.
+It writes DIR/results.json, with each claim's verdict and each teacher's target
+(`panda_jax.demo.claims`), and DIR/README.md (`panda_jax.demo.report`). Each stage records its
+inputs and wall time in DIR/stages/; a second run reuses the stages whose inputs did not change:
+the resolved config of each command it runs, the package version, and the runs of the stages
+whose outputs it reads (`panda_jax.demo.stages`).
 """

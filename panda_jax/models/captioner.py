@@ -43,7 +43,7 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image
 
-from panda_jax.models import blip2, checkpoint, instructblip, llama, load, opt, sharding, student, t5
+from panda_jax.models import blip2, checkpoint, instructblip, llama, load, opt, preprocess, sharding, student, t5
 from panda_jax.models.clip import IMAGE_MEAN, IMAGE_STD
 from panda_jax.models.generation import GenerationConfig, generate
 from panda_jax.models.inference import bucket, pad_rows, pad_tokens
@@ -57,7 +57,8 @@ SHORTEST_PROMPT = 8  # prompts are padded to 8, 16, 32, ... tokens
 
 @dataclass(frozen=True)
 class ImageProcessor:
-    """transformers' slow BLIP image processor: the same pixel values, from PIL and numpy."""
+    """transformers' slow BLIP image processor: the same pixel values, from PIL and numpy (`preprocess.pixel_values`,
+    channels first)."""
 
     size: tuple[int, int]  # (height, width)
     resample: int = Image.Resampling.BICUBIC
@@ -81,17 +82,14 @@ class ImageProcessor:
         return cls((size["height"], size["width"]), **options)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 [..., H, W, 3] → float32 [..., 3, height, width], as transformers computes it."""
-        height, width = self.size
-        images = frames.reshape(-1, *frames.shape[-3:])
-        if self.do_resize:
-            resized = [Image.fromarray(image).resize((width, height), self.resample) for image in images]
-            images = np.stack([np.asarray(image) for image in resized])
-        pixels = (images.astype(np.float64) * self.rescale_factor if self.do_rescale else images).astype(np.float32)
-        if self.do_normalize:
-            pixels = (pixels - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
-        pixels = pixels.transpose(0, 3, 1, 2)
-        return pixels.reshape(*frames.shape[:-3], *pixels.shape[1:])
+        """uint8 [..., H, W, 3] → float32 [..., 3, height, width], as transformers computes it (and training's
+        pipeline: both are `preprocess.pixel_values`)."""
+        pixels = preprocess.pixel_values(
+            frames, self.size if self.do_resize else None, resample=self.resample,
+            rescale_factor=self.rescale_factor if self.do_rescale else None,
+            mean=self.image_mean if self.do_normalize else None, std=self.image_std,
+        )  # fmt: skip
+        return np.ascontiguousarray(np.moveaxis(pixels, -1, -3))
 
 
 def processor_settings(directory: str | os.PathLike) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 `Selector.score(frames [B, T, H, W, 3] uint8, candidates)` gives every candidate caption of
 every clip its VTC cosine and VTM matching probability (`video_retrieval.VideoTextModel.score`).
-It hides the pixel preprocessing (BLIP's and CLIP's: bicubic resize to the model's square
-input, OpenAI CLIP's mean and std), the tokenizer (captions cut to `max_text_tokens`, padded on
-the right) and the padding: clips, captions and token lengths are padded to a few fixed sizes
+It hides the pixel preprocessing (`preprocess.pixel_values`, the pixels training's pipeline
+makes: bicubic resize to the model's square input, OpenAI CLIP's mean and std; for a CLIP
+checkpoint too, whose own processor would crop the short side's square, because the selector
+is trained on whole frames), the tokenizer (captions cut to `max_text_tokens`, padded on the
+right) and the padding: clips, captions and token lengths are padded to a few fixed sizes
 (`inference.bucket`), so a stream of batches compiles a bounded number of programs, and batches
 are split over the mesh's 'data' axis.
 """

@@ -20,11 +20,15 @@ Submodules, each importing only those above it:
   sampling  `sample_video_spec`: a VideoSpec from (seed, index);
   render    `render_frames` and `write_video`;
   corpus    `generate_corpus` and the command line `main`;
-  clips     `SyntheticClips`: the events as in-memory training examples, shaped like `panda70m`'s.
+  frames    `SceneFrames`: single frames of fresh scenes with their facts, endless (what vision encoders
+            learn to read: the probe, the foundations);
+  clips     the events as training examples shaped like `panda70m`'s: `SyntheticClips` (a fixed set
+            in memory) and `SyntheticStream` (endless, random access, drawn when read).
 """
 
-from panda_jax.data.synthetic.clips import SyntheticClips
+from panda_jax.data.synthetic.clips import STREAM_FIRST_VIDEO, SyntheticClips, SyntheticStream
 from panda_jax.data.synthetic.corpus import generate_corpus
+from panda_jax.data.synthetic.frames import SceneFrames
 from panda_jax.data.synthetic.render import render_frames, write_video
 from panda_jax.data.synthetic.sampling import sample_video_spec
 from panda_jax.data.synthetic.spec import (
@@ -34,7 +38,7 @@ from panda_jax.data.synthetic.spec import (
 
 __all__ = [
     "ACTIONS", "BACKGROUNDS", "MAX_EVENTS", "MAX_SHOTS", "MIN_DURATION", "MIN_EVENT_SECONDS",
-    "MIN_SHOT_SECONDS", "OBJECT_COLORS", "PALETTE", "SHAPES", "SIZES", "SUBTITLE_NOISE", "SyntheticClips",
-    "TRANSITIONS", "VideoSpec", "generate_corpus", "render_frames", "sample_video_spec",
-    "write_video",
+    "MIN_SHOT_SECONDS", "OBJECT_COLORS", "PALETTE", "SHAPES", "SIZES", "STREAM_FIRST_VIDEO", "SUBTITLE_NOISE",
+    "SceneFrames", "SyntheticClips", "SyntheticStream", "TRANSITIONS", "VideoSpec", "generate_corpus", "render_frames",
+    "sample_video_spec", "write_video",
 ]

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from panda_jax.data.synthetic.spec import (
-    PALETTE, Background, Camera, SceneObject, VideoSpec, view_pattern,
+    PALETTE, Background, Camera, Scene, SceneObject, VideoSpec, view_pattern,
 )
 from panda_jax.video.writer import VideoWriter
 
@@ -26,12 +26,33 @@ def _render_background(background: Background, camera: Camera, size: int) -> np.
     return np.rint((1 - t) * first + t * last).astype(np.uint8)
 
 
-def _draw(image: np.ndarray, obj: SceneObject, progress: float, camera: Camera) -> None:
-    """Draws `obj` anti-aliased with sub-pixel precision (4 fractional bits)."""
-    size = image.shape[0]
+def _outline_points(obj: SceneObject, progress: float, camera: Camera, size: int) -> np.ndarray:
+    """The outline in cv2's fixed-point pixel coordinates (4 fractional bits; cv2 puts pixel centres at integers)."""
     pixels = ((obj.outline(progress) - (camera.cx, camera.cy)) * camera.zoom + 0.5) * size
-    points = np.rint((pixels - 0.5) * 16).astype(np.int32)  # cv2 puts pixel centres at integers
+    return np.rint((pixels - 0.5) * 16).astype(np.int32)
+
+
+def _draw(image: np.ndarray, obj: SceneObject, progress: float, camera: Camera) -> None:
+    """Draws `obj` anti-aliased with sub-pixel precision."""
+    points = _outline_points(obj, progress, camera, image.shape[0])
     cv2.fillPoly(image, [points], PALETTE[obj.color], lineType=cv2.LINE_AA, shift=4)
+
+
+def render_scene(scene: Scene, camera: Camera, progress: float, size: int) -> np.ndarray:
+    """One frame of `scene` through `camera` at `progress` in [0, 1] of its event: uint8 RGB (size, size, 3)."""
+    image = _render_background(scene.background, camera, size)
+    for obj in scene.objects:
+        _draw(image, obj, progress, camera)
+    return image
+
+
+def object_map(scene: Scene, camera: Camera, progress: float, size: int) -> np.ndarray:
+    """Which object each pixel of `render_scene`'s frame shows: uint8 (size, size), 0 the background, k + 1
+    object k (drawn in the same order, so an object in front wins)."""
+    labels = np.zeros((size, size), np.uint8)
+    for number, obj in enumerate(scene.objects, start=1):
+        cv2.fillPoly(labels, [_outline_points(obj, progress, camera, size)], number, shift=4)
+    return labels
 
 
 def render_frames(spec: VideoSpec, wanted: Container[int] | None = None) -> Iterator[np.ndarray | None]:

@@ -100,7 +100,7 @@ def _place_still(rng: np.random.Generator, shape: str, color: str, size: str,
     return None
 
 
-def _sample_scene(rng: np.random.Generator, previous: Scene | None) -> Scene:
+def sample_scene(rng: np.random.Generator, previous: Scene | None) -> Scene:
     """A scene that differs visibly from `previous`: new background colours, new main object."""
     avoid = set(previous.background.colors) if previous else set()
     while True:
@@ -130,7 +130,7 @@ def _sample_scene(rng: np.random.Generator, previous: Scene | None) -> Scene:
         return Scene(background, tuple(objects), action)
 
 
-def _sample_camera(rng: np.random.Generator, bounds: tuple[float, float, float, float],
+def sample_camera(rng: np.random.Generator, bounds: tuple[float, float, float, float],
                    previous: Camera | None) -> Camera:
     """A framing that keeps `bounds` in view and whose zoom differs clearly from `previous`."""
     x0, y0, x1, y1 = bounds
@@ -161,7 +161,7 @@ def _next_camera(rng: np.random.Generator, scene: Scene, previous: Camera) -> Ca
     """A framing of `scene` that a cut from `previous` visibly changes, or None if 20 draws
     find none (a plain or low-contrast backdrop: such a scene keeps a single shot)."""
     for _ in range(20):
-        camera = _sample_camera(rng, scene.bounds(), previous)
+        camera = sample_camera(rng, scene.bounds(), previous)
         if _framing_change(scene.background, previous, camera) >= MIN_FRAMING_CHANGE:
             return camera
     return None
@@ -200,9 +200,9 @@ def sample_video_spec(seed: int, index: int, *, size: int = 128, fps: int = 24,
     events: list[Event] = []
     start = 0
     for length in _partition(rng, num_frames, num_events, min_event):
-        scene = _sample_scene(rng, events[-1].scene if events else None)
+        scene = sample_scene(rng, events[-1].scene if events else None)
         wanted_shots = int(rng.integers(1, min(MAX_SHOTS, length // min_shot) + 1))
-        cameras = [_sample_camera(rng, scene.bounds(), None)]
+        cameras = [sample_camera(rng, scene.bounds(), None)]
         while len(cameras) < wanted_shots and (camera := _next_camera(rng, scene, cameras[-1])):
             cameras.append(camera)
         ends = start + np.cumsum(_partition(rng, length, len(cameras), min_shot))
