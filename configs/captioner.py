@@ -19,6 +19,9 @@ the weights.
               `train.image_size`), over panda_jax.teachers.tiny's; `num_query_tokens` per frame;
   text        the language model's sizes (`intermediate_size` is OPT's `ffn_dim`; `num_key_value_heads`
               is LLaMA's); `max_position_embeddings` must hold the placeholders, prompt and caption;
+  foundations a panda_jax.foundations folder: the vision encoder and language model (sizes, weights,
+              tokenizer) come from it, both frozen (a language model alone is fine-tuned); empty:
+              every part from random initialisation at the sizes below, with a word tokenizer;
   max_prompt_tokens, max_caption_tokens   the training layout (longer prompts are refused, longer
               captions cut); max_words, min_word_count   the tokenizer's vocabulary.
 
@@ -57,7 +60,7 @@ def get_config(variant: str = "image") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = "captioner"
     config.captioner = ml_collections.ConfigDict(dict(
-        shape=shape, language=language, frames=frames, side_text=side_text, num_query_tokens=8,
+        shape=shape, language=language, frames=frames, side_text=side_text, num_query_tokens=8, foundations="",
         vision=ml_collections.ConfigDict(dict(
             patch_size=8, hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
         )),

@@ -18,10 +18,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from panda_jax import losses
-from panda_jax.models import checkpoint
+from panda_jax.models import blip2_vision, checkpoint
 from panda_jax.teachers import tiny
 
 
@@ -130,21 +131,25 @@ def captioner_kind(shape: str, language: str) -> Any:
     return dataclasses.replace(tiny.KINDS[CAPTIONER_SHAPES[shape][0]], language=language)
 
 
-def captioner_config(config: Any, kind: Any, tokenizer: Any) -> dict[str, Any]:
+def captioner_config(config: Any, kind: Any, tokenizer: Any, foundations: Path | None = None) -> dict[str, Any]:
     """config.json of the captioner `config.captioner` describes, in transformers' layout for its `kind`: the sizes
-    of the config over panda_jax.teachers.tiny's settings, the vocabulary and special tokens of `tokenizer`."""
+    of the config over panda_jax.teachers.tiny's settings (or, with `foundations`, those of its vision encoder and
+    language model), the vocabulary and special tokens of `tokenizer`."""
 
     spec, sizes = config.captioner, config.captioner.text
-    text = dict(hidden_size=sizes.hidden_size, num_hidden_layers=sizes.num_hidden_layers,
-                num_attention_heads=sizes.num_attention_heads, max_position_embeddings=sizes.max_position_embeddings,
-                vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    if kind.language == "opt":
-        text = tiny.OPT | text | {"ffn_dim": sizes.intermediate_size, "word_embed_proj_dim": sizes.hidden_size}
+    if foundations is not None:
+        text = _foundation_config(foundations, "language")
     else:
-        head_dim = sizes.hidden_size // sizes.num_attention_heads
-        text = tiny.LLAMA | text | {"intermediate_size": sizes.intermediate_size, "head_dim": head_dim,
-                                    "num_key_value_heads": sizes.num_key_value_heads}  # fmt: skip
+        text = dict(hidden_size=sizes.hidden_size, num_hidden_layers=sizes.num_hidden_layers,
+                    num_attention_heads=sizes.num_attention_heads, max_position_embeddings=sizes.max_position_embeddings,
+                    vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        if kind.language == "opt":
+            text = tiny.OPT | text | {"ffn_dim": sizes.intermediate_size, "word_embed_proj_dim": sizes.hidden_size}
+        else:
+            head_dim = sizes.hidden_size // sizes.num_attention_heads
+            text = tiny.LLAMA | text | {"intermediate_size": sizes.intermediate_size, "head_dim": head_dim,
+                                        "num_key_value_heads": sizes.num_key_value_heads}  # fmt: skip
     header = {"architectures": [kind.architecture], "dtype": "float32"}
     if kind.placeholder is None:
         return header | text
@@ -152,8 +157,35 @@ def captioner_config(config: Any, kind: Any, tokenizer: Any) -> dict[str, Any]:
     if kind.model_type.startswith("instructblip"):  # its Q-Former reads the prompt through the same tokenizer
         qformer["vocab_size"] = len(tokenizer)
     visual = tiny.visual_config(kind, text, tokenizer.convert_tokens_to_ids(kind.placeholder), qformer)
-    visual["vision_config"] |= spec.vision.to_dict() | {"image_size": config.train.image_size}
+    vision = spec.vision.to_dict() if foundations is None else _foundation_config(foundations, "vision")
+    visual["vision_config"] |= vision | {"image_size": config.train.image_size}
+    visual["qformer_config"]["encoder_hidden_size"] = visual["vision_config"]["hidden_size"]
     return header | visual | {"num_query_tokens": spec.num_query_tokens}
+
+
+def _foundation_config(foundations: Path, part: str) -> dict[str, Any]:
+    """The config.json of a foundation (panda_jax.foundations: "vision" or "language") as a sub-config."""
+    hf_config = json.loads((foundations / part / checkpoint.CONFIG_NAME).read_text())
+    dropped = ("architectures", "dtype", "model_type") if part == "vision" else ("architectures", "dtype")
+    return {key: value for key, value in hf_config.items() if key not in dropped}
+
+
+# The parameters a captioner built from the foundations learns: neither end (Panda-70M's teachers, BLIP-2's recipe).
+FROZEN_ENDS = nnx.All(nnx.Param, nnx.Not(nnx.Any(nnx.PathContains("vision_model"), nnx.PathContains("language_model"))))
+
+
+def with_foundations(tensors: dict[str, np.ndarray], foundations: Path, kind: Any) -> dict[str, np.ndarray]:
+    """`tensors` with the vision encoder's and the language model's replaced by the foundations' (a language model
+    alone is the language foundation); a vision encoder read at another resolution gets its position embeddings
+    resized (`blip2_vision.resized_positions`)."""
+    language = checkpoint.read_state_dict(foundations / "language" / checkpoint.WEIGHTS_NAME)
+    if kind.placeholder is None:
+        return tensors | language
+    out = tensors | {f"language_model.{name}": value for name, value in language.items()}
+    for name, value in checkpoint.read_state_dict(foundations / "vision" / checkpoint.WEIGHTS_NAME).items():
+        wanted = out[f"vision_model.{name}"].shape
+        out[f"vision_model.{name}"] = value if value.shape == wanted else blip2_vision.resized_positions(value, wanted[1])
+    return out
 
 
 def captioner_task(config: Any, mesh: Any) -> Task:
@@ -195,20 +227,26 @@ def captioner_task(config: Any, mesh: Any) -> Task:
                          f"caption tokens do not fit captioner.text.max_position_embeddings "
                          f"({spec.text.max_position_embeddings})")  # fmt: skip
 
-    source, _ = data_sources(config)
-    examples = range(min(len(source), config.data.tokenizer_examples))  # a stream's first ones: it never ends
-    corpus = (text for index in examples for text in captioner_corpus(source[index], spec.side_text))
-    tokenizer = word_tokenizer.train_word_tokenizer(
-        corpus, [kind.placeholder] if kind.placeholder else [], max_words=spec.max_words, min_count=spec.min_word_count
-    )
-    hf_config = captioner_config(config, kind, tokenizer)
+    foundations = Path(spec.foundations).expanduser() if spec.foundations else None
+    if foundations is not None:  # the language foundation's tokenizer, as a released LM's
+        tokenizer = checkpoint.load_tokenizer(foundations / "language")
+    else:
+        source, _ = data_sources(config)
+        examples = range(min(len(source), config.data.tokenizer_examples))  # a stream's first ones: it never ends
+        corpus = (text for index in examples for text in captioner_corpus(source[index], spec.side_text))
+        tokenizer = word_tokenizer.train_word_tokenizer(
+            corpus, [kind.placeholder] if kind.placeholder else [], max_words=spec.max_words,
+            min_count=spec.min_word_count,
+        )  # fmt: skip
+    hf_config = captioner_config(config, kind, tokenizer, foundations)
     # Drawn with numpy, as transformers initialises these models, and read by the model's own loader onto the mesh:
     # drawn with nnx.Rngs, every initializer would be compiled, some 10 s on a CPU for even a tiny captioner.
     shapes = checkpoint.abstract(lambda: kind.module(kind.read_config(hf_config), rngs=nnx.Rngs(0)))
+    tensors = tiny.random_weights(shapes, kind.slots(shapes), train.seed, fan_in=True)
+    if foundations is not None:
+        tensors = with_foundations(tensors, foundations, kind)
     with tempfile.TemporaryDirectory() as scratch:
-        initial = checkpoint.save(Path(scratch) / "initial", hf_config,
-                                  tiny.random_weights(shapes, kind.slots(shapes), train.seed, fan_in=True))  # fmt: skip
-        model = load(initial, getattr(jnp, train.dtype), mesh=mesh)
+        model = load(checkpoint.save(Path(scratch) / "initial", hf_config, tensors), getattr(jnp, train.dtype), mesh=mesh)
     placeholder_id = tokenizer.convert_tokens_to_ids(kind.placeholder) if kind.placeholder else None
 
     def loss(model: nnx.Module, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -252,7 +290,9 @@ def captioner_task(config: Any, mesh: Any) -> Task:
 
     text = CaptionerText(tokenizer, spec.side_text, prompts.Budgets(**config.side_text), spec.max_prompt_tokens,
                          spec.max_caption_tokens, qformer)  # fmt: skip
-    return Task(model, nnx.Param, loss, {"text": text, "flip_probability": train.flip_probability}, export)
+    # From the foundations, a visual captioner learns its Q-Former and projection; a language model alone, all of it.
+    trainable = FROZEN_ENDS if foundations is not None and kind.placeholder is not None else nnx.Param
+    return Task(model, trainable, loss, {"text": text, "flip_probability": train.flip_probability}, export)
 
 
 TASKS = {"student": student_task, "retrieval": retrieval_task, "captioner": captioner_task}

@@ -13,6 +13,7 @@ width] (NCHW), already resized and normalised.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -194,6 +195,17 @@ def vision_slots(model: VisionEncoder, prefix: str) -> dict[str, Slot]:
         slots |= checkpoint.linear_slots(f"{name}.mlp.fc2", layer.mlp.fc2)
     slots |= checkpoint.layer_norm_slots(f"{prefix}post_layernorm", model.post_layernorm)
     return slots
+
+
+def resized_positions(table: np.ndarray, rows: int) -> np.ndarray:
+    """Position embeddings [1, 1 + g * g, d] (the class token's first) for a grid of `rows` - 1 patches: the patch
+    grid's resized bilinearly, as a ViT is read at another resolution."""
+    old, new = round(math.sqrt(table.shape[1] - 1)), round(math.sqrt(rows - 1))
+    if old * old != table.shape[1] - 1 or new * new != rows - 1:
+        raise ValueError(f"position embeddings of {table.shape[1]} rows are not a class token and a square grid")
+    grid = table[0, 1:].reshape(old, old, -1)
+    resized = np.asarray(jax.image.resize(grid, (new, new, grid.shape[-1]), "bilinear"), table.dtype)
+    return np.concatenate([table[:, :1], resized.reshape(1, new * new, -1)], axis=1)
 
 
 def load(directory: str | os.PathLike, dtype: Any = jnp.float32, *, mesh: Mesh | None = None) -> VisionEncoder:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from panda_jax.data.synthetic.spec import (
-    OBJECT_COLORS, SUBTITLE_NOISE, Event, Scene, SceneObject, Subtitle, pick,
+    OBJECT_COLORS, SUBTITLE_NOISE, Event, Scene, SceneObject, Subtitle, VideoSpec, pick,
 )
 
 _ACTION_PHRASES = {
@@ -152,3 +152,10 @@ def sample_subtitles(rng: np.random.Generator, events: Sequence[Event],
             action=pick(rng, _ACTION_PHRASES[scene.action]))
         lines.append(Subtitle(round(start, 3), round(end, 3), text, index, noise))
     return tuple(sorted(lines, key=lambda line: line.start))
+
+
+def video_texts(spec: VideoSpec) -> list[str]:
+    """Every text a video carries: its events' captions, its subtitle lines, title and description (the language
+    foundation's reading)."""
+    texts = [event.caption for event in spec.events] + [line.text for line in spec.subtitles]
+    return [text for text in (*texts, spec.title, spec.description) if text]

@@ -1,0 +1,85 @@
+"""The foundations: pretrained once into a cached folder that loaders read, and captioners built around them with
+both ends frozen (the video teacher reading the vision foundation at a lower resolution)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from panda_jax import cli, foundations, train
+from panda_jax.models import blip2_vision, checkpoint, load
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    config = cli.load_config("foundations:tiny")
+    config.out = str(tmp_path_factory.mktemp("foundations") / "tiny")
+    return config, foundations.ensure(config)
+
+
+def flat(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(np.asarray(leaf)) for leaf in jax.tree.leaves(tree)])
+
+
+def test_foundations_are_built_once_and_read_as_hugging_face_folders(built):
+    config, path = built
+    report = json.loads((path / foundations.REPORT).read_text())
+    assert report["fingerprint"] == foundations.fingerprint(config)
+    assert set(report["vision"]["held_out"]) >= {"main_color", "main_shape", "main_color_and_shape"}
+    stamp = (path / "vision" / checkpoint.WEIGHTS_NAME).stat().st_mtime_ns
+    assert foundations.ensure(config) == path and (path / "vision" / checkpoint.WEIGHTS_NAME).stat().st_mtime_ns == stamp
+    encoder = blip2_vision.load(path / "vision")
+    assert encoder.config.image_size == config.vision.image_size
+    language = load(path / "language")
+    tokenizer = checkpoint.load_tokenizer(path / "language")
+    assert language.config.vocab_size == len(tokenizer)
+    assert tokenizer.unk_token_id not in tokenizer("<image> a red circle moves left")["input_ids"]
+    changed = cli.load_config("foundations:tiny")
+    changed.vision.train.steps += 1
+    assert foundations.fingerprint(changed) != foundations.fingerprint(config)
+    assert foundations.folder(cli.load_config("foundations:tiny")) == cli.cache_dir() / "foundations" / foundations.fingerprint(config)
+
+
+def test_position_embeddings_follow_the_resolution():
+    table = np.arange(2 * 5 * 3, dtype=np.float32).reshape(1, 5, 6)  # a class token and a 2 x 2 grid, width 6
+    same = blip2_vision.resized_positions(table, 5)
+    np.testing.assert_allclose(same, table, atol=1e-5)
+    smaller = blip2_vision.resized_positions(table, 2)
+    assert smaller.shape == (1, 2, 6) and np.array_equal(smaller[:, 0], table[:, 0])
+    with pytest.raises(ValueError, match="square grid"):
+        blip2_vision.resized_positions(table, 4)
+
+
+@pytest.mark.parametrize("variant, image_size", [("tiny_image", 32), ("tiny_video", 16)])
+def test_a_captioner_around_the_foundations_learns_only_its_q_former(built, tmp_path, variant, image_size):
+    """Trained and exported, its vision encoder and language model are the foundations' (the positions resized for
+    a lower resolution), its Q-Former is not what it started from."""
+    from panda_jax import export
+
+    _, path = built
+    config = cli.load_config(f"captioner:{variant}")
+    config.captioner.foundations = str(path)
+    config.train.image_size, config.train.steps, config.data.synthetic_eval_videos = image_size, 3, 0
+    task = train.TASKS["captioner"](config, None)
+    learnt = {".".join(map(str, key)) for key, _ in nnx.to_flat_state(nnx.state(task.model, task.trainable))}
+    assert learnt and not any("vision_model" in key or "language_model" in key for key in learnt)
+    initial_qformer = flat(nnx.state(task.model.qformer, nnx.Param))
+    overrides = [f"--config.captioner.foundations={path}", f"--config.train.image_size={image_size}",
+                 "--config.train.steps=3", "--config.data.synthetic_eval_videos=0"]
+    assert train.main([f"--config=captioner:{variant}", "--workdir", str(tmp_path / "run"), *overrides]) == 0
+    assert export.main(["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "teacher")]) == 0
+    exported = checkpoint.read_state_dict(tmp_path / "teacher" / checkpoint.WEIGHTS_NAME)
+    vision = checkpoint.read_state_dict(path / "vision" / checkpoint.WEIGHTS_NAME)
+    language = checkpoint.read_state_dict(path / "language" / checkpoint.WEIGHTS_NAME)
+    for name, value in language.items():
+        np.testing.assert_array_equal(exported[f"language_model.{name}"], value)
+    for name, value in vision.items():
+        wanted = exported[f"vision_model.{name}"]
+        expected = value if value.shape == wanted.shape else blip2_vision.resized_positions(value, wanted.shape[1])
+        np.testing.assert_array_equal(wanted, expected)
+    assert not np.array_equal(flat(nnx.state(load(tmp_path / "teacher").qformer, nnx.Param)), initial_qformer)
+
