@@ -4,20 +4,20 @@ Variants: `full` (the default: 33.5 minutes on 2 CPU cores, 23 of them training 
 goal is 20, see the README) and `quick` (the same stages on a few videos with short trainings, under 5
 minutes: for CI and checks; its numbers say little).
 
-Every model is trained here from random weights on the synthetic corpus, so the sizes and steps
-below are what a 2-core CPU affords; the recipes themselves (schedules, losses, what each model
-sees) are those of configs/captioner.py, retrieval.py and student.py.
+The teachers are built around the foundations (configs/foundations.py: a vision encoder and a small
+LLaMA pretrained once on their own streams of the world and cached), both frozen, and train their
+Q-Formers on the endless stream of the seed's videos; the selector and the student are trained
+here. The steps below are what a 2-core CPU affords; the recipes themselves (schedules, losses,
+what each model sees) are those of configs/captioner.py, retrieval.py and student.py.
 """
 
 import ml_collections
 
-# The teachers' sizes: overrides of configs/captioner.py fields.
+# The teachers' Q-Formers: overrides of configs/captioner.py fields (the vision encoder and the language model are
+# the foundations', configs/foundations.py).
 TEACHER_SIZES = (
-    "captioner.vision.patch_size=8", "captioner.vision.hidden_size=96", "captioner.vision.intermediate_size=192",
-    "captioner.vision.num_hidden_layers=2", "captioner.qformer.hidden_size=96",
-    "captioner.qformer.intermediate_size=192", "captioner.qformer.num_hidden_layers=1",
-    "captioner.text.hidden_size=128", "captioner.text.intermediate_size=256", "captioner.text.num_hidden_layers=2",
-    "captioner.text.num_key_value_heads=4", "captioner.max_caption_tokens=32",
+    "captioner.qformer.hidden_size=96", "captioner.qformer.intermediate_size=192",
+    "captioner.qformer.num_hidden_layers=1", "captioner.max_caption_tokens=32",
 )
 
 
@@ -26,7 +26,9 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
         raise ValueError(f"unknown demo variant {variant!r}; choose from full, quick")
     quick = variant == "quick"
     config = ml_collections.ConfigDict()
-    config.seed = 0  # the corpus and every model's initialisation
+    config.seed = 0  # the corpus, the training streams and every model's initialisation but the foundations'
+    # The configs/foundations.py variant every teacher is built around: pretrained once, cached, seed-independent.
+    config.foundations = "tiny" if quick else "default"
     # Videos 0 … train-1 of the seed train the teachers and the selector; the next `val` are the unlabelled
     # videos the pipeline turns into the student's dataset (a labelled share of their clips fine-tunes the
     # selector); the last `test` are held out for every score.

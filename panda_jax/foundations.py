@@ -105,6 +105,16 @@ def world_texts(seed: int, size: int = 32) -> Iterator[str]:
         yield from video_texts(sample_video_spec(seed, index, size=size, duration=8.0))
 
 
+def prompt_texts() -> list[str]:
+    """The teachers' and the student's prompts (Panda-70M's), so that their words are words of the vocabulary, as a
+    released language model's tokenizer knows them."""
+    from panda_jax.teachers import prompts
+
+    side_text = prompts.SideText("subtitles", "title", "description")
+    return [prompts.student_prompt(side_text), prompts.student_prompt(None),
+            *(prompts.build_prompt(text, prompts.Budgets(0, 0, 0), len)[0] for text in (side_text, None))]
+
+
 def language_config(config: Any, tokenizer: Any) -> dict[str, Any]:
     """config.json of the language model (`LlamaForCausalLM`) at the config's sizes, over the tokenizer's vocabulary."""
     return {"architectures": ["LlamaForCausalLM"], "dtype": "float32"} | tiny.LLAMA | {
@@ -138,7 +148,7 @@ def pretrain_language(config: Any, out: Path) -> dict[str, Any]:
     began = time.perf_counter()
     first = itertools.chain.from_iterable(video_texts(sample_video_spec(config.seed, index, size=32, duration=8.0))
                                           for index in range(config.tokenizer_videos))  # fmt: skip
-    tokenizer = word_tokenizer.train_word_tokenizer(first, PLACEHOLDERS)
+    tokenizer = word_tokenizer.train_word_tokenizer(itertools.chain(first, prompt_texts()), PLACEHOLDERS)
     hf_config = language_config(config, tokenizer)
     shapes = checkpoint.abstract(lambda: llama.LlamaForCausalLM(llama.LlamaConfig.from_hf(hf_config), rngs=nnx.Rngs(0)))
     with tempfile.TemporaryDirectory() as scratch:

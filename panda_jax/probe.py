@@ -204,7 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.to_json(indent=2) + "\n")
     with (out / "curves.jsonl").open("w") as rows:
-        _, curve = train_reader(config, lambda row: rows.write(json.dumps(row) + "\n") or rows.flush())
+
+        def write(row: dict[str, float]) -> None:  # as it comes: a long probe shows its curve while it runs
+            rows.write(json.dumps(row) + "\n")
+            rows.flush()
+
+        _, curve = train_reader(config, write)
     plot_curves(curve, out / "curves.png", "frozen encoder" if config.frozen else "encoder trained with its heads")
     last = curve[-1]
     print(f"after {last['step']} steps ({last['seconds']:.0f} s), held-out accuracy per fact:")

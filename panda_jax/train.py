@@ -6,7 +6,7 @@
 
 One loop for every model, read top to bottom in `train_and_evaluate`: the model comes from
 panda_jax/models (the student around a frozen BLIP-2, or the caption selector), the data from
-panda_jax.data.pipeline (Grain over the `panda70m` TFDS dataset, or in-memory synthetic clips),
+panda_jax.data.pipeline (Grain over the `panda70m` TFDS dataset, or the synthetic world's clips, endless or fixed),
 the losses from panda_jax.models.student and panda_jax.losses. Only the trainable parameters
 are in the optimizer (optax AdamW with warmup then cosine decay); a step is jitted over a
 ('data', 'model') mesh, the batch split over 'data' and the parameters placed by the

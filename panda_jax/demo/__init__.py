@@ -7,15 +7,17 @@ with a fact scorer as its "human judge" (`panda_jax.evaluate.facts`).
 `python -m panda_jax.demo --out DIR [--quick] [--seed S]` runs, each through the command or
 function a user calls (the demo holds no stage logic of its own):
 
-  corpus     validation and test videos of one seed (`synthetic.generate_corpus`); the train
-             videos are rendered in memory by the trainings (`SyntheticClips`);
+  corpus     validation and test videos of one seed (`synthetic.generate_corpus`); the trainings
+             read the seed's endless stream of fresh videos instead (`SyntheticStream`);
   split      the test videos with each detector, with and without stitching, scored against
              the ground truth (the paper's Table 2; the unstitched clips are the stitched run's
              shots, `split.shot_clips`, one detection pass per detector); validation and test as
              the pipeline goes on;
-  teachers   four captioners trained from scratch on the train videos, each seeing what its
-             paper counterpart sees (`python -m panda_jax.train --config=captioner:...`, then
-             `python -m panda_jax.export`);
+  foundations  the vision encoder and language model every teacher is built around
+             (`python -m panda_jax.foundations`), from the cache when it holds them;
+  teachers   four captioners around the frozen foundations, their Q-Formers trained on the stream,
+             each seeing what its paper counterpart sees (`python -m panda_jax.train
+             --config=captioner:...`, then `python -m panda_jax.export`);
   caption    every validation and test clip with every teacher (`python -m panda_jax.caption`);
   judge      the fact scorer labels each clip with its best caption, and scores every teacher
              (`python -m panda_jax.evaluate --task facts`);

@@ -35,7 +35,9 @@ class Demo(Steps):
         for split_name in ("val", "test"):  # the test videos' is reused when Table 2 made it
             self.split_stage(split_name, *PIPELINE_SPLIT)
         split_val, split_test = (split_stage_name(name, *PIPELINE_SPLIT) for name in ("val", "test"))
-        results["teachers"] = {name: stage(f"teacher_{name}", self.train_teacher(name)) for name in DEMO_TEACHERS}
+        results["foundations"] = stage("foundations", self.foundations())
+        results["teachers"] = {name: stage(f"teacher_{name}", self.train_teacher(name), ["foundations"])
+                               for name in DEMO_TEACHERS}  # fmt: skip
         results["caption_val"] = stage("caption_val", self.teachers_caption("val"),
                                        [*(f"teacher_{name}" for name in DEMO_TEACHERS), split_val])  # fmt: skip
         results["caption_test"] = {name: stage(f"caption_test_{name}", self.teachers_caption("test", name),

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from panda_jax import caption, export, select, split, train
+from panda_jax import caption, export, foundations, select, split, train
 from panda_jax.configs.teachers import DEMO_TEACHERS
 from panda_jax.data import synthetic
 from panda_jax.demo.stages import Config, Stages, Step, command
@@ -40,8 +40,8 @@ class Steps:
     # --- corpus and splitting ---------------------------------------------------------------------------------
 
     def corpus(self) -> Step:
-        """The validation and test videos as files; the train videos are the teachers' and the selector's in-memory
-        training clips (`SyntheticClips`, the same events rendered), never encoded."""
+        """The validation and test videos as files; the trainings read the stream of fresh videos (`SyntheticStream`),
+        rendered when read, never encoded."""
         corpus = self.config.corpus
 
         def generate() -> dict[str, int]:
@@ -120,17 +120,34 @@ class Steps:
 
         return Step(run, [workdir, folder], [config])
 
+    @functools.cached_property
+    def foundations_config(self) -> Config:
+        return Config(f"foundations:{self.config.foundations}")
+
+    def foundations(self) -> Step:
+        """The vision and language foundations (`python -m panda_jax.foundations`), from the cache when it holds them:
+        pretrained on their own streams, whatever the demo's seed."""
+
+        def ensure() -> dict[str, Any]:
+            path = foundations.ensure(self.foundations_config.resolve())
+            return json.loads((path / foundations.REPORT).read_text()) | {"folder": str(path)}
+
+        return Step(ensure, configs=[self.foundations_config])
+
     def synthetic_train(self) -> list[str]:
-        """Overrides making a training config read the train videos (and the first validation ones to evaluate)."""
+        """Overrides making a training config read the endless stream of the demo seed's videos (and the eval videos
+        apart from it)."""
         corpus = self.config.corpus
-        return ["data.source=synthetic", f"data.synthetic_videos={corpus.train_videos}",
+        return ["data.source=synthetic", "data.synthetic_videos=0",
                 f"data.synthetic_eval_videos={self.config.eval_videos}", f"data.synthetic_seed={self.config.seed}",
                 f"data.synthetic_size={corpus.size}", f"train.seed={self.config.seed}"]  # fmt: skip
 
     def train_teacher(self, name: str) -> Step:
-        """A captioner (configs/captioner.py variant NAME) trained on the train videos and exported as a teacher."""
+        """A captioner (configs/captioner.py variant NAME) around the frozen foundations, trained on the stream and
+        exported as a teacher."""
         teachers, steps = self.config.teachers, self.config.teachers.steps[name]
-        overrides = [*self.synthetic_train(), f"train.steps={steps}", f"train.batch_size={teachers.batch_size[name]}",
+        folder = foundations.folder(self.foundations_config.resolve())
+        overrides = [*self.synthetic_train(), f"captioner.foundations={folder}", f"train.steps={steps}", f"train.batch_size={teachers.batch_size[name]}",
                      f"train.learning_rate={teachers.learning_rate}", f"train.eval_every={steps}",
                      f"train.checkpoint_every={steps}", *teachers.sizes]  # fmt: skip
         if DEMO_TEACHERS[name][2]:  # reads side text
