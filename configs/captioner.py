@@ -22,6 +22,7 @@ the weights.
   foundations a panda_jax.foundations folder: the vision encoder and language model (sizes, weights,
               tokenizer) come from it, both frozen (a language model alone is fine-tuned); empty:
               every part from random initialisation at the sizes below, with a word tokenizer;
+  frozen      with `foundations`, the parts that stay as pretrained (vision_model, language_model);
   max_prompt_tokens, max_caption_tokens   the training layout (longer prompts are refused, longer
               captions cut); max_words, min_word_count   the tokenizer's vocabulary.
 
@@ -61,6 +62,7 @@ def get_config(variant: str = "image") -> ml_collections.ConfigDict:
     config.model = "captioner"
     config.captioner = ml_collections.ConfigDict(dict(
         shape=shape, language=language, frames=frames, side_text=side_text, num_query_tokens=8, foundations="",
+        frozen="vision_model,language_model",
         vision=ml_collections.ConfigDict(dict(
             patch_size=8, hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
         )),

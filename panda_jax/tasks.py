@@ -170,8 +170,14 @@ def _foundation_config(foundations: Path, part: str) -> dict[str, Any]:
     return {key: value for key, value in hf_config.items() if key not in dropped}
 
 
-# The parameters a captioner built from the foundations learns: neither end (Panda-70M's teachers, BLIP-2's recipe).
-FROZEN_ENDS = nnx.All(nnx.Param, nnx.Not(nnx.Any(nnx.PathContains("vision_model"), nnx.PathContains("language_model"))))
+def learnt_around(frozen: str) -> Any:
+    """The parameters a captioner built from the foundations learns: all but the parts `frozen` names ("vision_model,
+    language_model": neither end, Panda-70M's teachers and BLIP-2's recipe)."""
+    parts = [part.strip() for part in frozen.split(",") if part.strip()]
+    unknown = set(parts) - {"vision_model", "language_model"}
+    if unknown:
+        raise ValueError(f"captioner.frozen names {sorted(unknown)}; it may name vision_model and language_model")
+    return nnx.All(nnx.Param, nnx.Not(nnx.Any(*map(nnx.PathContains, parts)))) if parts else nnx.Param
 
 
 def with_foundations(tensors: dict[str, np.ndarray], foundations: Path, kind: Any) -> dict[str, np.ndarray]:
@@ -291,7 +297,7 @@ def captioner_task(config: Any, mesh: Any) -> Task:
     text = CaptionerText(tokenizer, spec.side_text, prompts.Budgets(**config.side_text), spec.max_prompt_tokens,
                          spec.max_caption_tokens, qformer)  # fmt: skip
     # From the foundations, a visual captioner learns its Q-Former and projection; a language model alone, all of it.
-    trainable = FROZEN_ENDS if foundations is not None and kind.placeholder is not None else nnx.Param
+    trainable = learnt_around(spec.frozen) if foundations is not None and kind.placeholder is not None else nnx.Param
     return Task(model, trainable, loss, {"text": text, "flip_probability": train.flip_probability}, export)
 
 

@@ -130,3 +130,26 @@ def broken(tmp_path, checkpoint_dir):
         return directory
 
     return tensors, write
+
+
+def assert_resumes_exactly(dataset, before: int, after: int) -> None:
+    """Taking `before` batches of a grain dataset, saving its iterator's state and taking `after` more gives what a
+    fresh iterator restored to that state gives (iterators with worker processes are closed after)."""
+    import numpy as np
+
+    iterator, restored = iter(dataset), None
+    try:
+        for _ in range(before):
+            next(iterator)
+        state = iterator.get_state()
+        expected = [next(iterator) for _ in range(after)]
+        restored = iter(dataset)
+        restored.set_state(state)
+        for want in expected:
+            got = next(restored)
+            assert got.keys() == want.keys()
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key])
+    finally:
+        for it in (iterator, restored):
+            getattr(it, "close", lambda: None)()

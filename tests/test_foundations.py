@@ -83,3 +83,14 @@ def test_a_captioner_around_the_foundations_learns_only_its_q_former(built, tmp_
         np.testing.assert_array_equal(wanted, expected)
     assert not np.array_equal(flat(nnx.state(load(tmp_path / "teacher").qformer, nnx.Param)), initial_qformer)
 
+
+
+def test_which_ends_stay_frozen_is_a_setting():
+    from panda_jax.tasks import learnt_around
+
+    with pytest.raises(ValueError, match="qformer"):
+        learnt_around("vision_model,qformer")
+    assert learnt_around("") is nnx.Param
+    vision_only = learnt_around("vision_model")
+    assert vision_only(("language_model", "lm_head", "kernel"), nnx.Param(np.zeros(1)))
+    assert not vision_only(("vision_model", "layers", "0"), nnx.Param(np.zeros(1)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tokenizers
+from conftest import assert_resumes_exactly
 from tokenizers import models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -191,20 +192,7 @@ def test_restoring_iterator_state_gives_the_same_next_batch(worker_count, tokeni
         shard_index=0,
         shard_count=1,
     )
-    it = iter(ds)
-    for _ in range(3):
-        next(it)
-    state = it.get_state()
-    expected = [next(it) for _ in range(2)]
-    restored = iter(ds)
-    restored.set_state(state)
-    for want in expected:
-        got = next(restored)
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key])
-    if worker_count:
-        it.close()
-        restored.close()
+    assert_resumes_exactly(ds, 3, 2)
 
 
 def test_host_shards_are_disjoint_and_cover_the_dataset():

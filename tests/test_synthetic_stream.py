@@ -8,6 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import assert_resumes_exactly
 
 from panda_jax import cli, tasks, train
 from panda_jax.data import pipeline
@@ -102,18 +103,7 @@ def test_grain_shuffles_an_endless_source_lazily():
 def test_a_stream_pipeline_resumes_exactly():
     ds = pipeline.make_dataset(stream(stored_frames=2), train=True, batch_size=2, num_frames=2, image_size=16, seed=1,
                                shard_count=1)  # fmt: skip
-    it = iter(ds)
-    for _ in range(2):
-        next(it)
-    state = it.get_state()
-    want = [next(it) for _ in range(2)]
-    restored = iter(ds)
-    restored.set_state(state)
-    for expected in want:
-        got = next(restored)
-        assert got.keys() == expected.keys()
-        for key in expected:
-            np.testing.assert_array_equal(got[key], expected[key])
+    assert_resumes_exactly(ds, 2, 2)
 
 
 @pytest.mark.slow

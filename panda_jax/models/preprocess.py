@@ -39,7 +39,7 @@ def pixel_values(
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [..., height, width, channels], not {frames.dtype} {frames.shape}")
-    images = frames.reshape(-1, *frames.shape[-3:])
+    images = np.ascontiguousarray(frames.reshape(-1, *frames.shape[-3:]))  # PIL reads each image's buffer as is
     if size is not None:
         height, width = size
         images = np.stack([np.asarray(Image.fromarray(image).resize((width, height), resample)) for image in images])
@@ -49,7 +49,5 @@ def pixel_values(
     table = (levels.astype(np.float64) * rescale_factor if rescale_factor is not None else levels).astype(np.float32)
     if mean is not None:
         table = (table - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    pixels = np.empty(images.shape, np.float32)
-    for channel in range(images.shape[-1]):
-        np.take(table[:, channel], images[..., channel], out=pixels[..., channel])
+    pixels = table[images, np.arange(images.shape[-1])]  # table[level, channel] for every pixel
     return pixels.reshape(*frames.shape[:-3], *pixels.shape[1:])

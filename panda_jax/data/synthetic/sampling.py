@@ -7,6 +7,7 @@ the same generator in between, so that (seed, index) alone fixes the whole video
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -41,6 +42,7 @@ def _partition(rng: np.random.Generator, total: int, parts: int, minimum: int) -
     return [minimum + int(d) for d in np.diff(np.concatenate([[0], cuts, [spare]]))]
 
 
+@functools.cache  # a few thousand colour triples, asked for again in every scene drawn
 def _distance_to_blend(color: str, a: str, b: str) -> float:
     """RGB distance from `color` to the nearest blend of `a` and `b`."""
     p, a_, b_ = (np.asarray(PALETTE[c], np.float64) for c in (color, a, b))

@@ -291,7 +291,7 @@ def _pattern(background: Background, x: np.ndarray, y: np.ndarray) -> np.ndarray
     along, across = (x - 0.5) * c + (y - 0.5) * s, (y - 0.5) * c - (x - 0.5) * s
     wave = 2 * np.pi / background.period
     if background.kind == "solid":
-        return np.zeros_like(x)
+        return np.zeros(np.broadcast_shapes(x.shape, y.shape))
     if background.kind == "gradient":
         return np.clip(along / background.period + 0.5, 0, 1)
     if background.kind == "stripes":
@@ -299,7 +299,7 @@ def _pattern(background: Background, x: np.ndarray, y: np.ndarray) -> np.ndarray
     if background.kind == "checkerboard":
         return np.clip(0.5 + 4 * np.sin(wave * along) * np.sin(wave * across), 0, 1)
     waves = np.random.default_rng(background.seed)  # noise: a sum of random plane waves
-    noise = np.zeros_like(x)
+    noise = np.zeros(np.broadcast_shapes(x.shape, y.shape))
     for _ in range(6):
         theta, phase = waves.uniform(0, 2 * np.pi, size=2)
         k = wave * waves.uniform(0.6, 1.4)
@@ -310,5 +310,5 @@ def _pattern(background: Background, x: np.ndarray, y: np.ndarray) -> np.ndarray
 def view_pattern(background: Background, camera: Camera, size: int) -> np.ndarray:
     """The background's blend weights seen through `camera`, at size x size pixel centres."""
     offsets = ((np.arange(size) + 0.5) / size - 0.5) / camera.zoom
-    x, y = np.meshgrid(camera.cx + offsets, camera.cy + offsets)
-    return _pattern(background, x, y)
+    x, y = np.meshgrid(camera.cx + offsets, camera.cy + offsets, sparse=True)  # a row and a column, broadcast
+    return np.broadcast_to(_pattern(background, x, y), (size, size))
