@@ -143,11 +143,12 @@ class Steps:
                 f"data.synthetic_size={corpus.size}", f"train.seed={self.config.seed}"]  # fmt: skip
 
     def train_teacher(self, name: str) -> Step:
-        """A captioner (configs/captioner.py variant NAME) around the frozen foundations, trained on the stream and
-        exported as a teacher."""
+        """A captioner (configs/captioner.py variant NAME) around the foundations (`teachers.frozen` of them frozen),
+        trained on the stream and exported as a teacher."""
         teachers, steps = self.config.teachers, self.config.teachers.steps[name]
         folder = foundations.folder(self.foundations_config.resolve())
-        overrides = [*self.synthetic_train(), f"captioner.foundations={folder}", f"train.steps={steps}", f"train.batch_size={teachers.batch_size[name]}",
+        overrides = [*self.synthetic_train(), f"captioner.foundations={folder}", f"captioner.frozen={teachers.frozen}",
+                     f"train.steps={steps}", f"train.batch_size={teachers.batch_size[name]}",
                      f"train.learning_rate={teachers.learning_rate}", f"train.eval_every={steps}",
                      f"train.checkpoint_every={steps}", *teachers.sizes]  # fmt: skip
         if DEMO_TEACHERS[name][2]:  # reads side text
