@@ -1,7 +1,7 @@
 """The grounded demo: `python -m panda_jax.demo --out DIR [--quick] [--seed S]` (`make demo`).
 
-Variants: `full` (the default: 33.5 minutes on 2 CPU cores, 23 of them training the teachers; the
-goal is 20, see the README) and `quick` (the same stages on a few videos with short trainings, under 5
+Variants: `full` (the default: 23.9 minutes on 2 CPU cores with the foundations cached, 16 of them
+training the teachers, 10.1 more to pretrain the foundations; the goal is 20, see the README) and `quick` (the same stages on a few videos with short trainings, under 5
 minutes: for CI and checks; its numbers say little).
 
 The teachers are built around the foundations (configs/foundations.py: a vision encoder and a small
