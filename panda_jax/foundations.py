@@ -99,10 +99,10 @@ def pretrain_vision(config: Any, out: Path) -> dict[str, Any]:
 # --- Language -----------------------------------------------------------------------------------------------------
 
 
-def world_texts(seed: int, size: int = 32) -> Iterator[str]:
-    """The texts of videos 0, 1, 2, … of `seed`, video after video: an endless stream."""
-    for index in itertools.count():
-        yield from video_texts(sample_video_spec(seed, index, size=size, duration=8.0))
+def world_texts(seed: int, videos: int | None = None) -> Iterator[str]:
+    """The texts of videos 0, 1, 2, … (`videos` of them; None: endless) of `seed`, video after video."""
+    for index in itertools.count() if videos is None else range(videos):
+        yield from video_texts(sample_video_spec(seed, index, size=32, duration=8.0))
 
 
 def prompt_texts() -> list[str]:
@@ -146,8 +146,7 @@ def language_loss(model: nnx.Module, ids: jax.Array, mask: jax.Array) -> tuple[j
 def pretrain_language(config: Any, out: Path) -> dict[str, Any]:
     """A LLaMA trained on the language stream (its tokenizer learnt from the first videos' texts), saved to `out`."""
     began = time.perf_counter()
-    first = itertools.chain.from_iterable(video_texts(sample_video_spec(config.seed, index, size=32, duration=8.0))
-                                          for index in range(config.tokenizer_videos))  # fmt: skip
+    first = world_texts(config.seed, config.tokenizer_videos)
     tokenizer = word_tokenizer.train_word_tokenizer(itertools.chain(first, prompt_texts()), PLACEHOLDERS)
     hf_config = language_config(config, tokenizer)
     shapes = checkpoint.abstract(lambda: llama.LlamaForCausalLM(llama.LlamaConfig.from_hf(hf_config), rngs=nnx.Rngs(0)))

@@ -88,11 +88,11 @@ class FrameBatches:
     def batches(self, start: int, batch_size: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
         import grain
 
-        from panda_jax.data.pipeline import _ensure_absl_flags_parsed
+        from panda_jax.data.pipeline import ensure_absl_flags_parsed
 
         dataset = grain.MapDataset.range(start, len(self.frames)).map(self.example).to_iter_dataset().batch(batch_size)
         if workers:
-            _ensure_absl_flags_parsed()
+            ensure_absl_flags_parsed()
             dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
         for batch in dataset:
             yield {"pixels": self.processor(batch.pop("frame"))} | batch

@@ -326,7 +326,7 @@ class ClipTransform(grain.transforms.RandomMap):
         return out
 
 
-def _ensure_absl_flags_parsed() -> None:
+def ensure_absl_flags_parsed() -> None:
     """Grain's worker processes read absl flags; outside `app.run` nobody parsed them."""
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
@@ -382,7 +382,7 @@ def make_dataset(
     if len(source) == 0:
         raise ValueError("the source has no examples: was the dataset built, and is the split right?")
     if worker_count > 0:
-        _ensure_absl_flags_parsed()
+        ensure_absl_flags_parsed()
     if num_epochs is None and not train:
         num_epochs = 1
 
