@@ -410,7 +410,11 @@ def make_dataset(
         text=text,
     )
     ds = ds.random_map(transform, seed=seed)
-    iter_ds = ds.to_iter_dataset().batch(batch_size // shard_count, drop_remainder=train)
+    # One reading thread per process (parallelism comes from `worker_count` processes): with grain's default 16
+    # threads running the transform (PIL resizes, numpy look-ups) at once, test processes crashed with segmentation
+    # faults three times on 2026-12-07; the transform holds the GIL most of the time anyway.
+    read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2 * max(batch_size // shard_count, 1))
+    iter_ds = ds.to_iter_dataset(read).batch(batch_size // shard_count, drop_remainder=train)
     if worker_count > 0:
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     log.info(
