@@ -31,8 +31,8 @@ def fake_results() -> dict:
         "corpus": {"val": 20, "test": 12},
         "split": {"content_shots": split_row(0.30), "content_stitch": split_row(0.50),
                   "transnetv2_shots": split_row(0.40), "transnetv2_stitch": split_row(0.45)},
-        "teacher_facts": {"image/one_object/main_color_and_shape": 0.92, "video/action": 0.86,
-                          "text/clean_subtitles/main_color": 0.95, "text/clean_subtitles/main_shape": 0.90,
+        "teacher_facts": {"image/one_object/main_color_and_pattern": 0.92, "video/action": 0.86,
+                          "text/clean_subtitles/main_color": 0.95, "text/clean_subtitles/main_pattern": 0.90,
                           "text/clean_subtitles/action": 0.88, "image_side_text/clean_subtitles/f1": 0.70,
                           "image/clean_subtitles/f1": 0.60, "judge/f1": 0.70, "judge/every_teacher_wrong": 0.2},
         "selection": {"pretrained": {"report": {"agreement": 0.30}}, "hard_negatives": {"report": selection_report},
@@ -121,7 +121,7 @@ def test_each_teacher_is_measured_against_its_target():
         "image": (0.92, 0.90, True), "video": (0.86, 0.85, True),
         "text": (pytest.approx((0.95 + 0.90 + 0.88) / 3), 0.90, True), "image_side_text": (0.70, 0.60, True),
     }  # fmt: skip
-    missed = claims.targets(changed(("teacher_facts", "image/one_object/main_color_and_shape", 0.89),
+    missed = claims.targets(changed(("teacher_facts", "image/one_object/main_color_and_pattern", 0.89),
                                     ("teacher_facts", "video/action", 0.80),
                                     ("teacher_facts", "text/clean_subtitles/action", 0.70),
                                     ("teacher_facts", "image/clean_subtitles/f1", 0.70)))  # fmt: skip
@@ -157,7 +157,7 @@ def test_the_report_states_the_verdicts_results_json_holds(tmp_path):
         assert f"?** {'Yes' if verdict['holds'] else 'No'}:" in paragraph
     readme = report.write_report(tmp_path, results, "quick").read_text()
     assert readme.count("?** No:") == 3 and readme.count("?** Yes:") == 4
-    target_row = "| image | the main object's colour and shape, both right, on one-object clips | 0.920 | 0.900 | Yes |"
+    target_row = "| image | the main object's colour and pattern, both right, on one-object clips | 0.920 | 0.900 | Yes |"
     assert target_row in readme
 
 

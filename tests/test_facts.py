@@ -17,12 +17,13 @@ from panda_jax.records import Clip, read_jsonl, write_jsonl
 
 TWO = {  # a scene with a main and another object
     "background": {"kind": "stripes", "colors": ["blue", "white"]},
-    "objects": [{"shape": "circle", "color": "red", "size": "large"},
-                {"shape": "star", "color": "yellow", "size": "small"}],
+    "objects": [{"pattern": "banded", "color": "red", "size": "large"},
+                {"pattern": "dotted", "color": "yellow", "size": "small"}],
     "action": "moves left",
 }  # fmt: skip
 ONE = {**TWO, "objects": TWO["objects"][:1]}
-RIGHT = "A large red circle moves to the left on a blue and white striped background, next to a small yellow star."
+RIGHT = ("A large red banded disc moves to the left on a blue and white striped background, next to a small yellow "
+         "dotted disc.")
 
 
 def test_every_ground_truth_caption_states_its_facts_exactly():
@@ -34,18 +35,20 @@ def test_every_ground_truth_caption_states_its_facts_exactly():
         assert (score.precision, score.recall, score.f1) == (1.0, 1.0, 1.0), event.caption
         stated = read_caption(event.caption)
         assert stated.background_colors == tuple(facts["background"]["colors"]), event.caption  # in order
-        assert [o.shape for o in stated.objects] == [o["shape"] for o in facts["objects"]], event.caption
+        assert [o.pattern for o in stated.objects] == [o["pattern"] for o in facts["objects"]], event.caption
 
 
 def test_a_caption_is_read_with_or_without_articles_punctuation_and_sizes():
-    assert read_caption("Cyan-to-red gradient backdrop: medium  purple HEXAGON spins in place!!") == StatedFacts(
-        "gradient", ("cyan", "red"), (StatedObject("hexagon", "purple", "medium"),), "rotates")
-    assert read_caption("On a backdrop fading from navy to beige, an orange cross does not move while a pink star "
-                        "stays put.") == StatedFacts(
-        "gradient", ("navy", "beige"), (StatedObject("cross", "orange"), StatedObject("star", "pink")), "stays still")
+    assert read_caption("Cyan-to-red gradient backdrop: medium  purple TILED disc swells in size!!") == StatedFacts(
+        "gradient", ("cyan", "red"), (StatedObject("tiled", "purple", "medium"),), "grows")
+    assert read_caption("On a backdrop fading from navy to beige, an orange smooth disc does not move while a pink "
+                        "dotted disc stays put.") == StatedFacts(
+        "gradient", ("navy", "beige"), (StatedObject("smooth", "orange"), StatedObject("dotted", "pink")), "stays still")
     # The first action phrase is the main object's: the other object's "stays still" comes after it.
-    assert read_caption("a red square rotates while a blue star stays still").action == "rotates"
-    assert read_caption("A large circle moves left.").objects == (StatedObject("circle", None, "large"),)
+    assert read_caption("a red tiled disc shrinks while a blue dotted disc stays still").action == "shrinks"
+    assert read_caption("A large banded disc moves left.").objects == (StatedObject("banded", None, "large"),)
+    # Each part of an object phrase but its noun may be left out.
+    assert read_caption("a red disc rises").objects == (StatedObject(None, "red"),)
     assert read_caption("It gets bigger in front of a blotchy teal and olive background").background_kind == "noise"
 
 
@@ -53,7 +56,7 @@ def test_each_mistake_lowers_its_check_and_the_f1_by_hand():
     right = score_caption(RIGHT, TWO)
     assert right.checks == dict.fromkeys(CHECKS, True) and right.f1 == 1.0
     # One wrong fact of 9 stated and of 7 required: P = 8/9, R = 6/7, F1 = 2PR / (P + R) = 48/55.
-    swaps = {("red", "green"): "main_color", ("circle", "square"): "main_shape", ("left", "right"): "action",
+    swaps = {("red", "green"): "main_color", ("red banded", "red tiled"): "main_pattern", ("left", "right"): "action",
              ("blue", "navy"): "background_colors", ("yellow", "pink"): "other_color"}  # fmt: skip
     for (old, new), check in swaps.items():
         wrong = RIGHT.replace(old, new)
@@ -64,15 +67,15 @@ def test_each_mistake_lowers_its_check_and_the_f1_by_hand():
     # A wrong size costs precision only (sizes are not required): P = 8/9, R = 1, F1 = 16/17.
     assert score_caption(RIGHT.replace("small", "medium"), TWO).f1 == pytest.approx(16 / 17)
     # No background: 7 stated, all right, 5 of the 7 required: F1 = 2 * 5/7 / (12/7) = 5/6.
-    dropped = score_caption("A large red circle moves to the left, next to a small yellow star.", TWO)
+    dropped = score_caption("A large red banded disc moves to the left, next to a small yellow dotted disc.", TWO)
     assert dropped.checks["background_kind"] is None and dropped.checks["background_colors"] is None
     assert (dropped.precision, dropped.recall, dropped.f1) == pytest.approx((1.0, 5 / 7, 5 / 6))
     # An invented object: its 3 facts are wrong, P = 6/9, R = 5/5, F1 = 4/5; not stating it is no loss.
     invented = score_caption(RIGHT, ONE)
-    assert [invented.checks[f"other_{a}"] for a in ("shape", "color", "size")] == [False, False, False]
+    assert [invented.checks[f"other_{a}"] for a in ("pattern", "color", "size")] == [False, False, False]
     assert (invented.precision, invented.recall, invented.f1) == pytest.approx((2 / 3, 1.0, 4 / 5))
     alone = score_caption(RIGHT.split(",")[0], ONE)
-    assert alone.f1 == 1.0 and alone.in_scene == set(CHECKS) - {"other_shape", "other_color", "other_size"}
+    assert alone.f1 == 1.0 and alone.in_scene == set(CHECKS) - {"other_pattern", "other_color", "other_size"}
     # A caption stating nothing scores 0, not NaN.
     nothing = score_caption("Lorem ipsum, dolor sit amet.", TWO)
     assert nothing.checks == dict.fromkeys(CHECKS) and (nothing.precision, nothing.recall, nothing.f1) == (0, 0, 0)
@@ -89,7 +92,7 @@ def test_the_judge_takes_the_best_f1_then_cider_then_the_name(monkeypatch):
     assert judge({"b": RIGHT.replace("red", "green"), "a": "nothing at all", "c": RIGHT}, TWO, reference) == "c"
     # Equal F1 (one wrong colour each): the caption closer to the reference's words wins.
     closer = RIGHT.replace("red", "green")
-    farther = "Against a blue and white striped backdrop a large green circle slides left beside a small yellow star"
+    farther = "Against a blue and white striped backdrop a large green banded disc slides left beside a small yellow dotted disc"
     assert score_caption(farther, TWO).f1 == score_caption(closer, TWO).f1 == pytest.approx(48 / 55)
     assert judge({"a": farther, "b": closer}, TWO, reference) == "b"
     assert judge({"b": RIGHT, "a": RIGHT}, TWO, reference) == "a"  # equal everything: the first name
@@ -99,8 +102,8 @@ def test_the_judge_takes_the_best_f1_then_cider_then_the_name(monkeypatch):
         raise AssertionError("CIDEr computed without a tie")
 
     monkeypatch.setattr(facts_module, "Cider", no_cider)
-    assert judge({"only": "a red circle"}, TWO, reference) == "only"
-    assert judge({"a": "a red circle", "b": RIGHT}, TWO, reference) == "b"
+    assert judge({"only": "a red banded disc"}, TWO, reference) == "only"
+    assert judge({"a": "a red banded disc", "b": RIGHT}, TWO, reference) == "b"
     with pytest.raises(ValueError, match="no candidate"):
         judge({}, TWO, reference)
 
@@ -129,16 +132,16 @@ def test_clips_are_told_by_object_count_and_by_whether_their_subtitles_are_clean
 
 def test_fact_accuracy_counts_unstated_facts_as_not_right():
     scores = [score_caption(RIGHT, TWO), score_caption(RIGHT.replace("red", "green"), ONE),
-              score_caption("A red circle moves left.", ONE)]  # fmt: skip
+              score_caption("A red banded disc moves left.", ONE)]  # fmt: skip
     accuracy = fact_accuracy(scores)
-    assert list(accuracy) == [*CHECKS, "main_color_and_shape", "precision", "recall", "f1"]
-    assert accuracy["main_color"] == accuracy["main_color_and_shape"] == pytest.approx(2 / 3)
+    assert list(accuracy) == [*CHECKS, "main_color_and_pattern", "precision", "recall", "f1"]
+    assert accuracy["main_color"] == accuracy["main_color_and_pattern"] == pytest.approx(2 / 3)
     assert accuracy["main_size"] == pytest.approx(2 / 3)  # the third caption gives no size
     assert accuracy["background_kind"] == pytest.approx(2 / 3)
-    assert accuracy["other_shape"] == 1.0  # only the first scene has another object
+    assert accuracy["other_pattern"] == 1.0  # only the first scene has another object
     # F1: 1; P = 5/9, R = 4/5 (a wrong colour, an invented object): 40/61; P = 1, R = 3/5 (no background): 3/4.
     assert accuracy["f1"] == pytest.approx((1 + 40 / 61 + 3 / 4) / 3)
-    assert "other_shape" not in fact_accuracy(scores[1:])  # no scene with two objects
+    assert "other_pattern" not in fact_accuracy(scores[1:])  # no scene with two objects
     with pytest.raises(ValueError, match="no caption scores"):
         fact_accuracy([])
 
@@ -163,7 +166,7 @@ def test_cli_scores_every_teacher_against_the_clips_events(tmp_path, capsys):
     assert numbers["task"] == "facts" and numbers["truth/captions"] == numbers["mute/captions"] == len(spec.events)
     assert (numbers["truth/f1"], numbers["truth/main_color"]) == (1, 1)
     one_object = sum(len(event.scene.objects) == 1 for event in spec.events)
-    assert one_object and numbers["truth/one_object/main_color_and_shape"] == 1  # the same on a condition's clips
+    assert one_object and numbers["truth/one_object/main_color_and_pattern"] == 1  # the same on a condition's clips
     assert (numbers["mute/f1"], numbers["mute/action"]) == (0, 0)
     assert "truth/f1" in capsys.readouterr().out
     # The judge's labels (the oracle scored as `judge`), the references, one name for all the captions.

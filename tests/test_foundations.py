@@ -29,7 +29,7 @@ def test_foundations_are_built_once_and_read_as_hugging_face_folders(built):
     config, path = built
     report = json.loads((path / foundations.REPORT).read_text())
     assert report["fingerprint"] == foundations.fingerprint(config)
-    assert set(report["vision"]["held_out"]) >= {"main_color", "main_shape", "main_color_and_shape"}
+    assert set(report["vision"]["held_out"]) >= {"main_color", "main_pattern", "main_color_and_pattern"}
     stamp = (path / "vision" / checkpoint.WEIGHTS_NAME).stat().st_mtime_ns
     assert foundations.ensure(config) == path and (path / "vision" / checkpoint.WEIGHTS_NAME).stat().st_mtime_ns == stamp
     encoder = blip2_vision.load(path / "vision")
@@ -37,7 +37,7 @@ def test_foundations_are_built_once_and_read_as_hugging_face_folders(built):
     language = load(path / "language")
     tokenizer = checkpoint.load_tokenizer(path / "language")
     assert language.config.vocab_size == len(tokenizer)
-    assert tokenizer.unk_token_id not in tokenizer("<image> a red circle moves left")["input_ids"]
+    assert tokenizer.unk_token_id not in tokenizer("<image> a red banded disc moves left")["input_ids"]
     changed = cli.load_config("foundations:tiny")
     changed.vision.train.steps += 1
     assert foundations.fingerprint(changed) != foundations.fingerprint(config)

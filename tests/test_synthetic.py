@@ -141,7 +141,7 @@ def test_shots_events_and_transitions_partition_the_video(duration):
             a, b = before["facts"], after["facts"]
             assert not set(a["background"]["colors"]) & set(b["background"]["colors"])
             main_a, main_b = a["objects"][0], b["objects"][0]
-            assert (main_a["shape"], main_a["color"]) != (main_b["shape"], main_b["color"])
+            assert (main_a["pattern"], main_a["color"]) != (main_b["pattern"], main_b["color"])
 
         assert r["duration"] == n / fps
         assert 0.75 * duration * fps - 1 <= n <= 1.25 * duration * fps + 1
@@ -200,7 +200,7 @@ def test_cuts_are_sharp_and_shots_are_smooth(videos):
             shot_changes += [_mad(v.frames[f - 1], v.frames[f]) for f in range(start + 1, end)
                              if not {f - 1, f} & blended]
     assert min(cut_changes) > 15, cut_changes
-    assert max(shot_changes) < 4, max(shot_changes)
+    assert max(shot_changes) < 5, max(shot_changes)  # the most: a large patterned disc turning
 
 
 def test_fades_pass_through_black_and_dissolves_cross_blend(videos):
@@ -264,8 +264,7 @@ def test_motion_in_the_pixels_matches_the_action(videos):
                         "moves up": (dy < -1 and abs(dx) < 1),
                         "moves down": (dy > 1 and abs(dx) < 1),
                         "grows": growth > 1.1, "shrinks": growth < 0.9,
-                        "stays still": abs(dx) < 0.5 and abs(dy) < 0.5 and abs(growth - 1) < 0.1,
-                        "rotates": abs(dx) < 1 and abs(dy) < 1}
+                        "stays still": abs(dx) < 0.5 and abs(dy) < 0.5 and abs(growth - 1) < 0.1}
             assert expected[action], (v.record["video_id"], action, dx, dy, growth)
             checked.add(action)
     assert NEEDED & set(synthetic.ACTIONS) <= checked
@@ -280,12 +279,12 @@ def test_captions_say_only_what_the_facts_hold():
         for event in r["gt_events"]:
             facts, words = event["facts"], _words(event["caption"])
             colors = {o["color"] for o in facts["objects"]} | set(facts["background"]["colors"])
-            shapes = {o["shape"] for o in facts["objects"]}
+            patterns = {o["pattern"] for o in facts["objects"]}
             sizes = {o["size"] for o in facts["objects"]}
             for obj in facts["objects"]:
-                assert {obj["color"], obj["shape"]} <= words, event
+                assert {obj["color"], obj["pattern"], synthetic.OBJECT_NOUN} <= words, event
             assert words & set(synthetic.PALETTE) <= colors, event
-            assert words & set(synthetic.SHAPES) <= shapes, event
+            assert words & set(synthetic.PATTERNS) <= patterns, event
             assert words & set(synthetic.SIZES) <= sizes, event
             assert set(facts["background"]["colors"]) <= words, event
             assert facts["action"] in synthetic.ACTIONS
@@ -309,7 +308,7 @@ def test_subtitles_narrate_some_events_with_labelled_noise():
             begin, finish = event["start_frame"] / r["fps"], event["end_frame"] / r["fps"]
             words = _words(line["text"])
             assert 0 <= line["start"] < line["end"] <= r["duration"]
-            assert main["shape"] in words
+            assert main["pattern"] in words
             if gt["noise"] == "wrong_color":
                 assert main["color"] not in words and words & set(synthetic.OBJECT_COLORS)
             else:
@@ -325,12 +324,12 @@ def test_subtitles_narrate_some_events_with_labelled_noise():
 
 def test_titles_and_descriptions_vary_and_sometimes_help():
     records = _specs(4, 60)
-    names = "|".join(list(synthetic.PALETTE) + list(synthetic.SHAPES))
+    names = "|".join(list(synthetic.PALETTE) + list(synthetic.PATTERNS) + [synthetic.OBJECT_NOUN])
     patterns = {re.sub(rf"\d+|\b({names})(e?s)?\b", "#", r["title"].lower()) for r in records}
     assert len(patterns) >= 4, patterns
     descriptions = [r["description"] for r in records]
     mentions = [any(f"{e['facts']['objects'][0]['color']} " in d
-                    and e["facts"]["objects"][0]["shape"] in d for e in r["gt_events"])
+                    and e["facts"]["objects"][0]["pattern"] in d for e in r["gt_events"])
                 for r, d in zip(records, descriptions)]
     assert "" in descriptions and any(mentions) and not all(mentions)
 

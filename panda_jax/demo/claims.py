@@ -15,11 +15,11 @@ STUDENT_SHARE, STUDENT_SPEEDUP = 0.9, 3.0  # the student reaches this share of s
 # on the clips of a condition ("": all clips; facts.CONDITIONS), at least a number, or above another teacher's same
 # mean. teacher → (what, condition, checks, target)
 TARGETS: dict[str, tuple[str, str, tuple[str, ...], float | str]] = {
-    "image": ("the main object's colour and shape, both right, on one-object clips", "one_object",
-              ("main_color_and_shape",), 0.90),
+    "image": ("the main object's colour and pattern, both right, on one-object clips", "one_object",
+              ("main_color_and_pattern",), 0.90),
     "video": ("the action", "", ("action",), 0.85),
-    "text": ("main colour, shape and action on clean-subtitle clips", "clean_subtitles",
-             ("main_color", "main_shape", "action"), 0.90),
+    "text": ("main colour, pattern and action on clean-subtitle clips", "clean_subtitles",
+             ("main_color", "main_pattern", "action"), 0.90),
     "image_side_text": ("fact F1 on clean-subtitle clips, above the image teacher's", "clean_subtitles", ("f1",),
                         "image"),
 }  # fmt: skip

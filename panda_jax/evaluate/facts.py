@@ -1,7 +1,7 @@
 """The "human judge" of the synthetic corpus: which facts of an event a caption states rightly, wrongly, or not at all.
 
-Word-overlap metrics (CIDEr and its peers) cannot tell "a red circle moves left" from "a red circle
-moves right"; a person can. On the synthetic corpus every event carries its structured facts
+Word-overlap metrics (CIDEr and its peers) cannot tell "a red banded disc moves left" from "a red banded
+disc moves right"; a person can. On the synthetic corpus every event carries its structured facts
 (`Scene.facts()`), and captions are written in a small language (the vocabulary of
 `synthetic.spec`, the phrase tables of `synthetic.text`), so a caption can be read back into the
 facts it claims and checked fact by fact: precision over what it states, recall over what a
@@ -20,13 +20,13 @@ from typing import Any
 from pycocoevalcap.cider.cider import Cider
 
 from panda_jax.data.subtitles import shown
-from panda_jax.data.synthetic.spec import PALETTE, SHAPES, SIZES
+from panda_jax.data.synthetic.spec import OBJECT_NOUN, PALETTE, PATTERNS, SIZES
 from panda_jax.data.synthetic.text import _ACTION_PHRASES, _BACKGROUND_PHRASES, _CAPTIONS, _OTHER_OBJECT
 
 # The facts a caption is checked on, in the order they are reported.
 CHECKS = (
-    "background_kind", "background_colors", "main_shape", "main_color", "main_size",
-    "action", "other_shape", "other_color", "other_size",
+    "background_kind", "background_colors", "main_pattern", "main_color", "main_size",
+    "action", "other_pattern", "other_color", "other_size",
 )  # fmt: skip
 OPTIONAL = frozenset({"main_size", "other_size"})  # counted in precision when stated, never required
 _ARTICLES = frozenset({"a", "an", "the"})
@@ -67,9 +67,9 @@ _KIND_WORDS = _kind_words()
 
 @dataclasses.dataclass(frozen=True)
 class StatedObject:
-    """An object phrase, `[size] [colour] shape`: what a caption says of one object."""
+    """An object phrase, `[size] [colour] [pattern] disc`: what a caption says of one object."""
 
-    shape: str
+    pattern: str | None = None
     color: str | None = None
     size: str | None = None
 
@@ -98,8 +98,8 @@ class StatedFacts:
 def read_caption(text: str) -> StatedFacts:
     """The facts `text` states, read with the corpus vocabulary and the phrase tables of `synthetic.text`.
 
-    Each shape word ends an object phrase, taking the colour word just before it and the size word
-    before that (or just before the shape). Every other colour word is a background colour, in the
+    Each object noun ("disc") ends an object phrase, taking the pattern word just before it, the colour word
+    before that and the size word before that, each where written. Every other colour word is a background colour, in the
     order written; the background kind is that of the first kind word ("striped", "fading", ...).
     The action is that of the first action phrase, the longest where several start at one word;
     it precedes the other object's clause in every caption form, so "... while X stays still" is not it.
@@ -107,16 +107,18 @@ def read_caption(text: str) -> StatedFacts:
     words = _words(text)
     objects = []
     for i, word in enumerate(words):
-        if word in SHAPES:
-            start = i - (i > 0 and words[i - 1] in PALETTE)  # the colour word's index, or i without one
-            color = words[start] if start < i else None
-            size = words[start - 1] if start > 0 and words[start - 1] in SIZES else None
-            objects.append(StatedObject(word, color, size))
+        if word == OBJECT_NOUN:
+            phrase, at = {}, i  # read backwards from the noun
+            for attribute, vocabulary in (("pattern", PATTERNS), ("color", PALETTE), ("size", SIZES)):
+                if at > 0 and words[at - 1] in vocabulary:
+                    at -= 1
+                    phrase[attribute] = words[at]
+            objects.append(StatedObject(**phrase))
     phrases = ((i, j) for i in range(len(words)) for j in range(min(len(words), i + _LONGEST_ACTION), i, -1))
     action = next((_ACTIONS[words[i:j]] for i, j in phrases if words[i:j] in _ACTIONS), None)
     return StatedFacts(
         background_kind=next((_KIND_WORDS[w] for w in words if w in _KIND_WORDS), None),
-        background_colors=tuple(w for w, after in zip(words, (*words[1:], "")) if w in PALETTE and after not in SHAPES),
+        background_colors=tuple(w for w, after in zip(words, (*words[1:], "")) if w in PALETTE and after not in (*PATTERNS, OBJECT_NOUN)),
         objects=tuple(objects),
         action=action,
     )
@@ -150,7 +152,7 @@ def _comparable(facts: Mapping[str, Any]) -> dict[str, Any]:
     values = {"background_kind": background["kind"], "background_colors": tuple(sorted(background["colors"])) or None,
               "action": facts["action"]}  # fmt: skip
     for role, obj in zip(("main", "other"), facts["objects"]):
-        values |= {f"{role}_{attribute}": obj[attribute] for attribute in ("shape", "color", "size")}
+        values |= {f"{role}_{attribute}": obj[attribute] for attribute in ("pattern", "color", "size")}
     return {name: value for name, value in values.items() if value is not None}
 
 
@@ -255,7 +257,7 @@ def _subtitles_clean(start: float, end: float, event: int, video: Mapping[str, A
 def fact_accuracy(scores: Sequence[FactScore]) -> dict[str, float]:
     """For each check, the share of `scores` that state it rightly among those whose scene has the fact
     (not stated counts as not right; a fact no scene has is left out), the share stating the main object's colour
-    and shape both rightly, then the mean precision, recall and f1.
+    and pattern both rightly, then the mean precision, recall and f1.
 
     Raises ValueError for no scores.
     """
@@ -266,8 +268,8 @@ def fact_accuracy(scores: Sequence[FactScore]) -> dict[str, float]:
         cases = [score.checks[name] is True for score in scores if name in score.in_scene]
         if cases:
             accuracy[name] = sum(cases) / len(cases)
-    both = [score.checks["main_color"] is True and score.checks["main_shape"] is True for score in scores]
-    accuracy["main_color_and_shape"] = sum(both) / len(both)
+    both = [score.checks["main_color"] is True and score.checks["main_pattern"] is True for score in scores]
+    accuracy["main_color_and_pattern"] = sum(both) / len(both)
     for mean in ("precision", "recall", "f1"):
         accuracy[mean] = sum(getattr(score, mean) for score in scores) / len(scores)
     return accuracy

@@ -55,7 +55,8 @@ WORDS = tuple(dict.fromkeys(
     smiles waves opens falls flies swims turns rises sinks slides floats drifts travels appears fades
     moves left right up down grows shrinks spins rotates bounces stays still place
     red orange yellow green cyan blue purple pink white black gray brown navy teal beige olive
-    circle square triangle star diamond hexagon cross shape shapes object objects
+    circle square triangle star diamond hexagon cross shape shapes object objects disc discs
+    smooth banded dotted tiled
     small medium large big little bigger smaller tiny huge bright dark plain mottled
     background stripes striped gradient checkerboard checkered noise solid color colors pattern
     video clip scene frame image picture camera view shot close slowly quickly again then now

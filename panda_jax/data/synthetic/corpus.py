@@ -72,7 +72,7 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
                          flag_values=flag_values)
 
 
-USAGE = """Generate a grounded synthetic video corpus: H.264 videos of coloured shapes with titles,
+USAGE = """Generate a grounded synthetic video corpus: H.264 videos of coloured, patterned discs with titles,
 descriptions, noisy subtitles and ground-truth shots, events, captions and transitions.
 
     python -m panda_jax.data.synthetic --out DIR [--num_videos N] [--seed S] [--workers W]

@@ -4,8 +4,9 @@ What a vision encoder learns to read (the learnability probe, the foundations' p
 of `SceneFrames(seed)` is a fresh scene (`sampling.sample_scene`) under a fresh framing at a random
 moment of its event, drawn from (seed, i) alone, so the stream is as long as wanted, shardable and
 checkpointable by index, and costs about a millisecond a frame. Each example carries the frame, the
-map of which object each pixel shows, and the facts as class indices (`FACTS`), so a model can be
-supervised on the whole frame (pooled heads) or per patch (`patch_labels`).
+map of which object each pixel shows, the facts as class indices (`FACTS`) and where each object is
+(`geometry`), so a model can be supervised on the whole frame (pooled heads) or per patch
+(`patch_labels`), on what the objects are and on where they are (what motion is read from).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from panda_jax.data.synthetic.render import object_map, render_scene
 from panda_jax.data.synthetic.sampling import sample_camera, sample_scene
-from panda_jax.data.synthetic.spec import BACKGROUNDS, OBJECT_COLORS, PALETTE, SHAPES, SIZES, Scene
+from panda_jax.data.synthetic.spec import BACKGROUNDS, OBJECT_COLORS, PALETTE, PATTERNS, SIZES, Camera, Scene
 
 ABSENT = "none"  # the class of an object fact when the frame has no second object
 # Every fact of a frame and its classes. `background_color` is the first colour of the background.
@@ -24,14 +25,14 @@ FACTS: dict[str, tuple[str, ...]] = {
     "background_kind": BACKGROUNDS,
     "background_color": tuple(PALETTE),
     "main_color": OBJECT_COLORS,
-    "main_shape": SHAPES,
+    "main_pattern": PATTERNS,
     "main_size": tuple(SIZES),
     "other_color": (*OBJECT_COLORS, ABSENT),
-    "other_shape": (*SHAPES, ABSENT),
+    "other_pattern": (*PATTERNS, ABSENT),
     "other_size": (*SIZES, ABSENT),
 }
 # Per object (patch labels): what the patches it covers are labelled with; 0 is the background.
-OBJECT_FACTS = ("color", "shape", "size")
+OBJECT_FACTS = ("color", "pattern", "size")
 LENGTH = 2**31 - 1  # indices a stream serves: more frames than any run reads
 
 
@@ -40,8 +41,8 @@ def fact_labels(scene: Scene) -> dict[str, int]:
     main, other = scene.main, scene.objects[1] if len(scene.objects) > 1 else None
     values = {
         "background_kind": scene.background.kind, "background_color": scene.background.colors[0],
-        "main_color": main.color, "main_shape": main.shape, "main_size": main.size,
-        "other_color": other.color if other else ABSENT, "other_shape": other.shape if other else ABSENT,
+        "main_color": main.color, "main_pattern": main.pattern, "main_size": main.size,
+        "other_color": other.color if other else ABSENT, "other_pattern": other.pattern if other else ABSENT,
         "other_size": other.size if other else ABSENT,
     }  # fmt: skip
     return {fact: FACTS[fact].index(value) for fact, value in values.items()}
@@ -49,9 +50,19 @@ def fact_labels(scene: Scene) -> dict[str, int]:
 
 def object_classes(scene: Scene) -> dict[str, np.ndarray]:
     """Per object fact, the class of the background (0) and of each object k (k + 1): 1 + its index."""
-    vocabulary = {"color": OBJECT_COLORS, "shape": SHAPES, "size": tuple(SIZES)}
+    vocabulary = {"color": OBJECT_COLORS, "pattern": PATTERNS, "size": tuple(SIZES)}
     return {fact: np.array([0, *(1 + vocabulary[fact].index(getattr(o, fact)) for o in scene.objects)], np.int32)
             for fact in OBJECT_FACTS}  # fmt: skip
+
+
+def object_geometry(scene: Scene, camera: Camera, progress: float) -> np.ndarray:
+    """Where each object is in the frame: float32 [3, 3], rows background (zeros), main, other (zeros when absent),
+    columns the centre's x and y and the radius, as shares of the frame side."""
+    geometry = np.zeros((3, 3), np.float32)
+    for row, obj in enumerate(scene.objects, start=1):
+        centre, radius = obj.pose(progress)
+        geometry[row] = (*((centre - (camera.cx, camera.cy)) * camera.zoom + 0.5), radius * camera.zoom)
+    return geometry
 
 
 def patch_labels(objects: np.ndarray, patch_size: int) -> np.ndarray:
@@ -68,7 +79,8 @@ class SceneFrames:
 
     Examples: `frame` uint8 [size, size, 3], `objects` uint8 [size, size] (0 the background, k + 1
     object k), `labels` {fact: class index}, `object_classes` {object fact: int32 [3]} (background, main,
-    other; a missing other object repeats nothing: its row is simply never referenced), `one_object`.
+    other; a missing other object repeats nothing: its row is simply never referenced), `geometry` (see
+    `object_geometry`), `one_object`.
     """
 
     def __init__(self, seed: int, size: int = 64, length: int = LENGTH):
@@ -90,5 +102,6 @@ class SceneFrames:
             "objects": object_map(scene, camera, progress, self.size),
             "labels": fact_labels(scene),
             "object_classes": {fact: np.pad(values, (0, 3 - len(values))) for fact, values in classes.items()},
+            "geometry": object_geometry(scene, camera, progress),
             "one_object": len(scene.objects) == 1,
         }

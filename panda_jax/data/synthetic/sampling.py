@@ -13,8 +13,8 @@ import math
 import numpy as np
 
 from panda_jax.data.synthetic.spec import (
-    ACTIONS, BACKGROUNDS, EXTENTS, MAX_EVENTS, MAX_SHOTS, MIN_DURATION, MIN_EVENT_SECONDS,
-    MIN_SHOT_SECONDS, OBJECT_COLORS, PALETTE, SHAPES, SIZES, TRANSITIONS, Background, Camera, Event,
+    ACTIONS, BACKGROUNDS, MAX_EVENTS, MAX_SHOTS, MIN_DURATION, MIN_EVENT_SECONDS,
+    MIN_SHOT_SECONDS, OBJECT_COLORS, PALETTE, PATTERNS, SIZES, TRANSITIONS, Background, Camera, Event,
     Scene, SceneObject, Transition, VideoSpec, pick, view_pattern,
 )
 from panda_jax.data.synthetic.text import (
@@ -24,7 +24,9 @@ from panda_jax.data.synthetic.text import (
 OBJECT_CONTRAST = 100.0  # min RGB distance between an object colour and anything else shown
 BACKGROUND_CONTRAST = 80.0  # min RGB distance between the two colours of a background
 BOX = (0.12, 0.88)  # objects stay inside this square of world coordinates, whole event long
-ZOOM_RANGE = (0.65, 1.6)
+# The far end keeps a small disc at least 5 px in radius at 64 px (a few pattern cells across); with
+# MIN_ZOOM_RATIO it may reach no further than 1.19 / 1.25**2 = 0.76, or a zoom near 0.95 would leave no other.
+ZOOM_RANGE = (0.75, 1.6)
 # Consecutive shots of an event differ in zoom by at least this factor, so that every cut
 # changes the picture. With BOX and CAMERA_MARGIN the largest allowed zoom is >= 1.19, which
 # keeps a zoom at least this far from any previous one always available.
@@ -68,37 +70,30 @@ def _sample_background(rng: np.random.Generator, avoid: set[str]) -> Background:
                       float(rng.uniform(*period)), int(rng.integers(2**31)))
 
 
-def _sample_main(rng: np.random.Generator, shape: str, color: str, action: str,
+def _sample_main(rng: np.random.Generator, pattern: str, color: str, action: str,
                  size: str) -> SceneObject:
     """The main object, placed so that it stays inside BOX while performing `action`."""
-    scale, angle = (1.0, 1.0), (0.0, 0.0)
-    if action == "grows":
-        scale = GROW_SCALES
-    elif action == "shrinks":
-        scale = GROW_SCALES[::-1]
-    elif action == "rotates":
-        angle = (0.0, float(rng.choice([-1, 1]) * rng.uniform(0.75 * np.pi, 1.5 * np.pi)))
+    scale = {"grows": GROW_SCALES, "shrinks": GROW_SCALES[::-1]}.get(action, (1.0, 1.0))
     step = np.zeros(2)
     if action.startswith("moves"):
         direction = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
         step = np.array(direction[action.split()[1]]) * rng.uniform(*MOVE_DISTANCE)
-    reach = SIZES[size] * max(scale) * EXTENTS[shape]
+    reach = SIZES[size] * max(scale)
     start = rng.uniform(BOX[0] + reach - np.minimum(step, 0), BOX[1] - reach - np.maximum(step, 0))
-    return SceneObject(shape, color, size, tuple(start.tolist()), tuple((start + step).tolist()),
-                       scale, angle)
+    return SceneObject(pattern, color, size, tuple(start.tolist()), tuple((start + step).tolist()), scale)
 
 
-def _place_still(rng: np.random.Generator, shape: str, color: str, size: str,
+def _place_still(rng: np.random.Generator, pattern: str, color: str, size: str,
                  main: SceneObject) -> SceneObject | None:
     """A still object clear of the main object's whole path, or None if it does not fit."""
-    reach = SIZES[size] * EXTENTS[shape]
+    reach = SIZES[size]
     a, b = np.asarray(main.start), np.asarray(main.end)
     for _ in range(20):
         centre = rng.uniform(BOX[0] + reach, BOX[1] - reach, size=2)
         t = np.clip(np.dot(centre - a, b - a) / max(np.dot(b - a, b - a), 1e-9), 0, 1)
         if np.linalg.norm(centre - (a + t * (b - a))) >= main.extent + reach + 0.04:
             xy = tuple(centre.tolist())
-            return SceneObject(shape, color, size, xy, xy, (1.0, 1.0), (0.0, 0.0))
+            return SceneObject(pattern, color, size, xy, xy, (1.0, 1.0))
     return None
 
 
@@ -113,18 +108,17 @@ def sample_scene(rng: np.random.Generator, previous: Scene | None) -> Scene:
         if not colors:
             continue
         action = pick(rng, ACTIONS)
-        shapes = [s for s in SHAPES if not (action == "rotates" and s == "circle")]
-        color, shape = pick(rng, colors), pick(rng, shapes)
-        if previous and (shape, color) == (previous.main.shape, previous.main.color):
+        color, pattern = pick(rng, colors), pick(rng, PATTERNS)
+        if previous and (pattern, color) == (previous.main.pattern, previous.main.color):
             continue
-        main = _sample_main(rng, shape, color, action, pick(rng, list(SIZES)))
+        main = _sample_main(rng, pattern, color, action, pick(rng, list(SIZES)))
         objects = [main]
         if rng.random() < 0.5:
             others = [c for c in colors
                       if _distance_to_blend(c, color, color) >= OBJECT_CONTRAST]
             if not others:
                 continue
-            second = _place_still(rng, pick(rng, SHAPES), pick(rng, others),
+            second = _place_still(rng, pick(rng, PATTERNS), pick(rng, others),
                                   pick(rng, list(SIZES)), main)
             if second is None:
                 continue

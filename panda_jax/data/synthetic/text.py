@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from panda_jax.data.synthetic.spec import (
-    OBJECT_COLORS, SUBTITLE_NOISE, Event, Scene, SceneObject, Subtitle, VideoSpec, pick,
+    OBJECT_COLORS, OBJECT_NOUN, SUBTITLE_NOISE, Event, Scene, SceneObject, Subtitle, VideoSpec, pick,
 )
 
 _ACTION_PHRASES = {
@@ -23,7 +23,6 @@ _ACTION_PHRASES = {
     "moves down": ("moves down", "sinks", "drops downward", "travels from top to bottom"),
     "grows": ("grows", "gets bigger", "expands", "swells in size"),
     "shrinks": ("shrinks", "gets smaller", "contracts", "shrinks in size"),
-    "rotates": ("rotates", "spins", "turns around", "spins in place"),
     "stays still": ("stays still", "sits motionless", "remains in place", "does not move"),
 }
 _BACKGROUND_PHRASES = {
@@ -43,19 +42,19 @@ _CAPTIONS = (
 _OTHER_OBJECT = (", next to {obj}", " while {obj} stays put", ", with {obj} nearby",
                  " beside {obj}")
 _NARRATIONS = (
-    "look, the {color} {shape} {action}!",
+    "look, the {color} {pattern} {noun} {action}!",
     "and now here comes {obj}",
-    "this {color} {shape} {action}",
-    "can you see the {color} {shape}? it {action}",
+    "this {color} {pattern} {noun} {action}",
+    "can you see the {color} {pattern} {noun}? it {action}",
     "here we have {obj}, and it {action}",
 )
 _TITLES = (
-    "{Color} {shape} and friends | shapes compilation #{n}",
+    "{Color} {pattern} {noun} and friends | shapes compilation #{n}",
     "Learn colors with shapes! Part {n}",
-    "{Shapes} for kids ({n})",
+    "{Pattern} {noun}s for kids ({n})",
     "VID_{date}_{clock}",
     "relaxing shapes animation {n}",
-    "the {color} {shape} one",
+    "the {color} {pattern} one",
 )
 _GENERIC_DESCRIPTIONS = (
     "Simple shapes and colors for toddlers.",
@@ -70,8 +69,8 @@ def _with_article(phrase: str) -> str:
 
 
 def _object_phrase(rng: np.random.Generator, obj: SceneObject, color: str | None = None) -> str:
-    """'a red circle' or, half of the time, 'a large red circle'."""
-    words = [color or obj.color, obj.shape]
+    """'a red banded disc' or, half of the time, 'a large red banded disc'."""
+    words = [color or obj.color, obj.pattern, OBJECT_NOUN]
     if rng.random() < 0.5:
         words.insert(0, obj.size)
     return _with_article(" ".join(words))
@@ -93,15 +92,11 @@ def caption(rng: np.random.Generator, scene: Scene) -> str:
     return text[0].upper() + text[1:]
 
 
-def _plural(shape: str) -> str:
-    return shape + ("es" if shape.endswith("s") else "s")
-
-
 def sample_title(rng: np.random.Generator, events: Sequence[Event]) -> str:
     main = pick(rng, events).scene.main
     return pick(rng, _TITLES).format(
-        color=main.color, Color=main.color.capitalize(), shape=main.shape,
-        Shapes=_plural(main.shape).capitalize(), n=int(rng.integers(1, 200)),
+        color=main.color, Color=main.color.capitalize(), pattern=main.pattern, Pattern=main.pattern.capitalize(),
+        noun=OBJECT_NOUN, n=int(rng.integers(1, 200)),
         date=f"20{rng.integers(15, 25)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}",
         clock=f"{rng.integers(24):02d}{rng.integers(60):02d}{rng.integers(60):02d}",
     )
@@ -148,7 +143,7 @@ def sample_subtitles(rng: np.random.Generator, events: Sequence[Event],
             shift = sign * rng.uniform(1.5, min(4.0, rooms[sign]))
             start, end = start + shift, end + shift
         text = pick(rng, _NARRATIONS).format(
-            color=color, shape=scene.main.shape, obj=_object_phrase(rng, scene.main, color),
+            color=color, pattern=scene.main.pattern, noun=OBJECT_NOUN, obj=_object_phrase(rng, scene.main, color),
             action=pick(rng, _ACTION_PHRASES[scene.action]))
         lines.append(Subtitle(round(start, 3), round(end, 3), text, index, noise))
     return tuple(sorted(lines, key=lambda line: line.start))
