@@ -25,9 +25,6 @@ def get_config(variant: str = "scratch") -> ml_collections.ConfigDict:
     config.image_size = 64  # what the encoder reads (frames are resized to it by the one preprocessing)
     # Per-patch supervision: each patch learns the colour, pattern and size of the object it shows (0: none).
     config.dense_weight = 1.0
-    # Geometry: each patch regresses the centre and radius of the object it shows, the pooled head the main object's
-    # (squared error in frame sides, times this): the features then say where things are, which motion is read from.
-    config.geometry_weight = 10.0
     config.train = ml_collections.ConfigDict(dict(
         steps=600, batch_size=64, learning_rate=2e-3, warmup_steps=50, weight_decay=0.05, seed=0, eval_every=50,
         eval_frames=512, workers=1,

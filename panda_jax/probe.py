@@ -11,9 +11,7 @@ but the encoder does not learn within the budget is a fact no teacher will read.
 
 The model and its loss are also the vision foundation's pretraining (panda_jax.foundations):
 pooled heads per fact on [CLS, mean of the patches], and, weighted by `dense_weight`, per-patch
-heads for the colour, pattern and size of the object each patch shows; weighted by `geometry_weight`,
-regressions of where the objects are (per patch: the centre and radius of the object it shows; pooled:
-the main object's), so that the features say where things are and a video model can read motion.
+heads for the colour, pattern and size of the object each patch shows.
 """
 
 from __future__ import annotations
@@ -41,20 +39,16 @@ from panda_jax.models.captioner import ImageProcessor
 log = logging.getLogger("panda_jax.probe")
 OBJECT_CLASSES = {fact: 1 + len(FACTS[f"main_{fact}"]) for fact in OBJECT_FACTS}  # the background is class 0
 BOTH = "main_color_and_pattern"  # the image teacher's target: both right, on frames with one object
-PLACE = "main_place_error"  # mean distance of the pooled head's main-object centre from the truth, in frame sides
 
 
 class FrameReader(nnx.Module):
-    """A vision encoder with linear heads: per fact and for the main object's geometry (pooled), per object fact and
-    for the geometry of the object a patch shows (per patch). Geometry: centre x, y and radius."""
+    """A vision encoder with a linear head per fact (pooled) and per object fact (per patch)."""
 
     def __init__(self, encoder: blip2_vision.VisionEncoder, *, rngs: nnx.Rngs):
         width = encoder.config.hidden_size
         self.encoder = encoder
         self.heads = nnx.Dict({fact: nnx.Linear(2 * width, len(classes), rngs=rngs) for fact, classes in FACTS.items()})
         self.patch_heads = nnx.Dict({fact: nnx.Linear(width, n, rngs=rngs) for fact, n in OBJECT_CLASSES.items()})
-        self.heads["geometry"] = nnx.Linear(2 * width, 3, rngs=rngs)
-        self.patch_heads["geometry"] = nnx.Linear(width, 3, rngs=rngs)
 
     def __call__(self, pixels: jax.Array, frozen: bool = False) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         hidden = self.encoder(pixels)
@@ -65,24 +59,13 @@ class FrameReader(nnx.Module):
                 {fact: head(patches) for fact, head in self.patch_heads.items()})  # fmt: skip
 
 
-def reader_loss(
-    model: FrameReader, batch: dict[str, jax.Array], dense_weight: float, geometry_weight: float, frozen: bool
-) -> jax.Array:
-    """Cross-entropy of every pooled fact, plus `dense_weight` times that of every patch's object facts, plus
-    `geometry_weight` times the squared error of the geometry (pooled: the main object's; per patch: the object's it
-    shows, on patches that show one)."""
+def reader_loss(model: FrameReader, batch: dict[str, jax.Array], dense_weight: float, frozen: bool) -> jax.Array:
+    """Cross-entropy of every pooled fact, plus `dense_weight` times that of every patch's object facts."""
     pooled, patches = model(batch["pixels"], frozen)
     loss = sum(optax.softmax_cross_entropy_with_integer_labels(pooled[f], batch[f]).mean() for f in FACTS)
     if dense_weight:
         loss += dense_weight * sum(
             optax.softmax_cross_entropy_with_integer_labels(patches[f], batch[f"patch_{f}"]).mean() for f in OBJECT_FACTS
-        )
-    if geometry_weight:
-        shown = batch["patch_color"] > 0  # patches that show an object
-        patch_error = jnp.square(patches["geometry"] - batch["patch_geometry"]).sum(-1)
-        loss += geometry_weight * (
-            jnp.square(pooled["geometry"] - batch["geometry"]).sum(-1).mean()
-            + (patch_error * shown).sum() / jnp.maximum(shown.sum(), 1)
         )
     return loss
 
@@ -100,7 +83,6 @@ class FrameBatches:
         objects = patch_labels(item["objects"], self.patch_size * item["frame"].shape[0] // self.processor.size[0])
         out = {"frame": item["frame"], "one_object": np.bool_(item["one_object"])}
         out |= {fact: np.int32(value) for fact, value in item["labels"].items()}
-        out |= {"geometry": item["geometry"][1], "patch_geometry": item["geometry"][objects]}
         return out | {f"patch_{fact}": classes[objects] for fact, classes in item["object_classes"].items()}
 
     def batches(self, start: int, batch_size: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
@@ -129,21 +111,18 @@ def make_encoder(config: Any, seed: int) -> blip2_vision.VisionEncoder:
 
 
 def accuracies(model: FrameReader, predict: Any, batches: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    """Held-out accuracy of every fact, of the main colour and pattern together on one-object frames, and the mean
-    error of the main object's place (PLACE)."""
+    """Held-out accuracy of every fact, and of the main colour and pattern together on one-object frames."""
     right: dict[str, list[np.ndarray]] = {fact: [] for fact in FACTS}
-    one, misplaced = [], []
+    one = []
     for batch in batches:
         predicted = predict(model, batch["pixels"])
         for fact in FACTS:
             right[fact].append(np.asarray(predicted[fact]) == batch[fact])
         one.append(batch["one_object"])
-        misplaced.append(np.linalg.norm(np.asarray(predicted["geometry"])[:, :2] - batch["geometry"][:, :2], axis=-1))
     hits = {fact: np.concatenate(values) for fact, values in right.items()}
     alone = np.concatenate(one)
     both = hits["main_color"] & hits["main_pattern"]
-    return {fact: float(values.mean()) for fact, values in hits.items()} | {
-        BOTH: float(both[alone].mean()), PLACE: float(np.concatenate(misplaced).mean())}
+    return {fact: float(values.mean()) for fact, values in hits.items()} | {BOTH: float(both[alone].mean())}
 
 
 def train_reader(config: Any, on_eval: Any = None) -> tuple[FrameReader, list[dict[str, float]]]:
@@ -155,20 +134,19 @@ def train_reader(config: Any, on_eval: Any = None) -> tuple[FrameReader, list[di
                                                   max(train.steps, train.warmup_steps + 1), train.learning_rate / 20)
     trainable = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("encoder"))) if config.frozen else nnx.Param
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=train.weight_decay), wrt=trainable)
-    dense, geometry, frozen = config.dense_weight, config.geometry_weight, config.frozen
+    dense, frozen = config.dense_weight, config.frozen
     patch = encoder.config.patch_size
 
     @nnx.jit
     def step(model: FrameReader, optimizer: nnx.Optimizer, batch: dict[str, jax.Array]) -> jax.Array:
         grad = nnx.value_and_grad(reader_loss, argnums=nnx.DiffState(0, trainable))
-        loss, grads = grad(model, batch, dense, geometry, frozen)
+        loss, grads = grad(model, batch, dense, frozen)
         optimizer.update(model, grads)
         return loss
 
     @nnx.jit
     def predict(model: FrameReader, pixels: jax.Array) -> dict[str, jax.Array]:
-        pooled = model(pixels)[0]
-        return {fact: pooled[fact].argmax(-1) for fact in FACTS} | {"geometry": pooled["geometry"]}
+        return {fact: logits.argmax(-1) for fact, logits in model(pixels)[0].items()}
 
     held_out = FrameBatches(SceneFrames(config.world.eval_seed, config.world.size), config.image_size, patch)
     eval_batches = list(itertools.islice(held_out.batches(0, train.batch_size, 0), -(-train.eval_frames // train.batch_size)))
@@ -183,7 +161,7 @@ def train_reader(config: Any, on_eval: Any = None) -> tuple[FrameReader, list[di
             row |= accuracies(model, predict, eval_batches)
             curve.append(row)
             log.info("step %d (%.0f s): loss %.3f; %s", number, row["seconds"], row["loss"],
-                     ", ".join(f"{fact} {row[fact]:.2f}" for fact in (*FACTS, BOTH, PLACE)))  # fmt: skip
+                     ", ".join(f"{fact} {row[fact]:.2f}" for fact in (*FACTS, BOTH)))  # fmt: skip
             if on_eval is not None:
                 on_eval(row)
     return model, curve
@@ -238,7 +216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for fact in (*FACTS, BOTH):
         print(f"  {fact:22s} {last[fact]:.3f}   (chance {1 / len(FACTS[fact]):.3f})" if fact in FACTS
               else f"  {fact:22s} {last[fact]:.3f}   (one-object frames)")  # fmt: skip
-    print(f"  {PLACE:22s} {last[PLACE]:.3f}   (frame sides, the main object's centre)")
     print(f"curves: {out / 'curves.jsonl'}, {out / 'curves.png'}")
     return 0
 

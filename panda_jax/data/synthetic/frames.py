@@ -4,9 +4,8 @@ What a vision encoder learns to read (the learnability probe, the foundations' p
 of `SceneFrames(seed)` is a fresh scene (`sampling.sample_scene`) under a fresh framing at a random
 moment of its event, drawn from (seed, i) alone, so the stream is as long as wanted, shardable and
 checkpointable by index, and costs about a millisecond a frame. Each example carries the frame, the
-map of which object each pixel shows, the facts as class indices (`FACTS`) and where each object is
-(`geometry`), so a model can be supervised on the whole frame (pooled heads) or per patch
-(`patch_labels`), on what the objects are and on where they are (what motion is read from).
+map of which object each pixel shows, and the facts as class indices (`FACTS`), so a model can be
+supervised on the whole frame (pooled heads) or per patch (`patch_labels`).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import numpy as np
 
 from panda_jax.data.synthetic.render import object_map, render_scene
 from panda_jax.data.synthetic.sampling import sample_camera, sample_scene
-from panda_jax.data.synthetic.spec import BACKGROUNDS, OBJECT_COLORS, PALETTE, PATTERNS, SIZES, Camera, Scene
+from panda_jax.data.synthetic.spec import BACKGROUNDS, OBJECT_COLORS, PALETTE, PATTERNS, SIZES, Scene
 
 ABSENT = "none"  # the class of an object fact when the frame has no second object
 # Every fact of a frame and its classes. `background_color` is the first colour of the background.
@@ -55,16 +54,6 @@ def object_classes(scene: Scene) -> dict[str, np.ndarray]:
             for fact in OBJECT_FACTS}  # fmt: skip
 
 
-def object_geometry(scene: Scene, camera: Camera, progress: float) -> np.ndarray:
-    """Where each object is in the frame: float32 [3, 3], rows background (zeros), main, other (zeros when absent),
-    columns the centre's x and y and the radius, as shares of the frame side."""
-    geometry = np.zeros((3, 3), np.float32)
-    for row, obj in enumerate(scene.objects, start=1):
-        centre, radius = obj.pose(progress)
-        geometry[row] = (*((centre - (camera.cx, camera.cy)) * camera.zoom + 0.5), radius * camera.zoom)
-    return geometry
-
-
 def patch_labels(objects: np.ndarray, patch_size: int) -> np.ndarray:
     """The object most of each patch shows (0 the background): uint8 [H / p * W / p], row-major as a ViT's tokens."""
     grid = objects.shape[0] // patch_size
@@ -79,8 +68,7 @@ class SceneFrames:
 
     Examples: `frame` uint8 [size, size, 3], `objects` uint8 [size, size] (0 the background, k + 1
     object k), `labels` {fact: class index}, `object_classes` {object fact: int32 [3]} (background, main,
-    other; a missing other object repeats nothing: its row is simply never referenced), `geometry` (see
-    `object_geometry`), `one_object`.
+    other; a missing other object repeats nothing: its row is simply never referenced), `one_object`.
     """
 
     def __init__(self, seed: int, size: int = 64, length: int = LENGTH):
@@ -102,6 +90,5 @@ class SceneFrames:
             "objects": object_map(scene, camera, progress, self.size),
             "labels": fact_labels(scene),
             "object_classes": {fact: np.pad(values, (0, 3 - len(values))) for fact, values in classes.items()},
-            "geometry": object_geometry(scene, camera, progress),
             "one_object": len(scene.objects) == 1,
         }
