@@ -6,8 +6,9 @@ streams of the world that no demo seed touches (configs/foundations.py) and kept
 folders: FOLDER/vision (a `Blip2VisionModel`, with its image processor's settings and the probe
 curves of its pretraining), FOLDER/language (a `LlamaForCausalLM` with its word tokenizer) and
 FOLDER/report.json (held-out accuracies, seconds). `ensure(config)` returns the folder, building it
-first when the cache has none for the config's fingerprint (the whole config and the package
-version): a second run, or a second demo seed, reuses it.
+first when the cache has none for the config's fingerprint (the whole config, the package version
+and the source of the code that makes them: a changed world or model makes new foundations): a
+second run, or a second demo seed, reuses it.
 """
 
 from __future__ import annotations
@@ -41,12 +42,25 @@ from panda_jax.teachers import tiny
 log = logging.getLogger("panda_jax.foundations")
 VISION, LANGUAGE, REPORT = "vision", "language", "report.json"
 PLACEHOLDERS = ("<image>", "<video>")  # every visual captioner's placeholder: one tokenizer serves them all
+# The code the foundations are made by (relative to the package): the world they learn, the models, their training.
+SOURCES = ("data/synthetic", "models", "probe.py", "foundations.py")
+
+
+def source_digest() -> str:
+    """sha256 of the SOURCES' Python files, in path order: changes when the world or the models do."""
+    root = Path(panda_jax.__file__).parent
+    digest = hashlib.sha256()
+    for name in SOURCES:
+        for path in sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / name]:
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def fingerprint(config: Any) -> str:
-    """What the foundations depend on: the config (without `out`) and the package version."""
+    """What the foundations depend on: the config (without `out`), the package version and `source_digest`."""
     settings = {key: value for key, value in config.to_dict().items() if key != "out"}
-    text = json.dumps({"config": settings, "version": panda_jax.__version__}, sort_keys=True, default=str)
+    text = json.dumps({"config": settings, "version": panda_jax.__version__, "source": source_digest()},
+                      sort_keys=True, default=str)  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

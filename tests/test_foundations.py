@@ -94,3 +94,17 @@ def test_which_ends_stay_frozen_is_a_setting():
     vision_only = learnt_around("vision_model")
     assert vision_only(("language_model", "lm_head", "kernel"), nnx.Param(np.zeros(1)))
     assert not vision_only(("vision_model", "layers", "0"), nnx.Param(np.zeros(1)))
+
+
+def test_the_fingerprint_follows_the_code_that_makes_the_foundations(tmp_path, monkeypatch):
+    """Editing the world (or a model) makes new foundations; editing a stage the foundations do not run does not."""
+    for name in ("__init__.py", "data/synthetic/spec.py", "models/llama.py", "probe.py", "foundations.py", "select.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"# {name}\n")
+    monkeypatch.setattr(foundations.panda_jax, "__file__", str(tmp_path / "__init__.py"))
+    config = cli.load_config("foundations:tiny")
+    before = foundations.fingerprint(config)
+    (tmp_path / "select.py").write_text("# another stage, edited\n")
+    assert foundations.fingerprint(config) == before
+    (tmp_path / "data/synthetic/spec.py").write_text("SIZES = {}\n")
+    assert foundations.fingerprint(config) != before
