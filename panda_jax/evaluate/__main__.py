@@ -17,8 +17,8 @@ retrieval: R@1/5/10 text-to-video and video-to-text and the median ranks of a st
 similarity matrix (.npy), text j describing video T[j] (`--text_video`: a JSON list T of video
 indices). The training loop computes these on its eval set itself.
 facts: on the synthetic corpus, per teacher, the share of clips whose caption states each fact of
-the clip's event rightly (background kind and colours, main object shape, colour and size, action,
-other object shape, colour and size) and the mean fact precision, recall and F1 (`evaluate.facts`);
+the clip's event rightly (background kind and colours, main object pattern, colour and size, action,
+other object pattern, colour and size) and the mean fact precision, recall and F1 (`evaluate.facts`);
 a clip is scored against the ground-truth event (`gt_events` of `--videos`) it overlaps most.
 The same again on the clips of each condition (`one_object/...`, `clean_subtitles/...`:
 `facts.CONDITIONS`), where what a teacher sees settles the facts.
