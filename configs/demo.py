@@ -1,8 +1,8 @@
 """The grounded demo: `python -m panda_jax.demo --out DIR [--quick] [--seed S]` (`make demo`).
 
-Variants: `full` (the default: 23.9 minutes on 2 CPU cores with the foundations cached, 16 of them
-training the teachers, 10.1 more to pretrain the foundations; the goal is 20, see the README) and `quick` (the same stages on a few videos with short trainings, under 5
-minutes: for CI and checks; its numbers say little).
+Variants: `full` (the default: 19.3 minutes on 2 CPU cores with the foundations cached, 13.8 of them
+training the teachers, 7.5 more to pretrain the foundations; see the README) and `quick` (the same
+stages on a few videos with short trainings, under 5 minutes: for CI and checks; its numbers say little).
 
 The teachers are built around the foundations (configs/foundations.py: a vision encoder and a small
 LLaMA pretrained once on their own streams of the world and cached), the vision encoder frozen but the
