@@ -34,7 +34,8 @@ word tokenizer learns its words from (a stream's first ones).
 Variants (`tiny_` + a shape variant: the same shape, very small, on the events of 4 synthetic
 videos in memory, in well under a minute on a CPU; `tiny` alone is `tiny_image`):
   image            BLIP-2 (LLaMA) on one frame at 64 px: also what the demo's student is built around;
-  video            InstructBLIP-Video (LLaMA) on 8 frames at a lower resolution, 32 px;
+  video            InstructBLIP-Video (LLaMA) on 8 frames at 64 px (at 32 px, around the vision foundation
+                   pretrained on 64-px frames, it read no more than at 64: fact F1 0.47 against 0.58, seed 0);
   text             a LLaMA alone on the side-text prompt (title, description, subtitles);
   image_side_text  InstructBLIP (LLaMA) on one frame at 64 px and the side-text prompt.
 """
@@ -45,7 +46,7 @@ VARIANTS = {  # variant → (shape, language, frames, side_text, image size)
     # around a LLaMA, whose rotary positions let the student (built around this BLIP-2) move the caption after its
     # own prefix: a small OPT trained on one prompt layout ties each learned position to what stood there.
     "image": ("blip2", "llama", 1, False, 64),
-    "video": ("instructblip_video", "llama", 8, False, 32),
+    "video": ("instructblip_video", "llama", 8, False, 64),
     "text": ("language_model", "llama", 0, True, 32),
     "image_side_text": ("instructblip", "llama", 1, True, 64),
 }

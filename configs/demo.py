@@ -5,9 +5,10 @@ training the teachers, 7.5 more to pretrain the foundations; see the README) and
 stages on a few videos with short trainings, under 5 minutes: for CI and checks; its numbers say little).
 
 The teachers are built around the foundations (configs/foundations.py: a vision encoder and a small
-LLaMA pretrained once on their own streams of the world and cached), the vision encoder frozen but the
-video teacher's (`teachers.frozen`), and train their Q-Formers and language models on the endless stream
-of the seed's videos; the selector and the student are trained here. The steps below are what a 2-core CPU affords; the recipes themselves (schedules, losses,
+LLaMA pretrained once on their own streams of the world and cached), the vision encoder frozen
+(`teachers.frozen`), and train their Q-Formers and language models on the endless stream of the seed's
+videos; the selector and the student are trained here. The steps below are what a 2-core CPU affords;
+the recipes themselves (schedules, losses,
 what each model sees) are those of configs/captioner.py, retrieval.py and student.py.
 """
 
@@ -43,8 +44,8 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
     # Validation clips the trainings on synthetic clips evaluate on (quick: none, one compilation less each).
     config.eval_videos = 0 if quick else 20
     # Each teacher's steps and batch size: the image teacher states colour and pattern of one-object clips rightly
-    # after 900 steps (1.00 on seed 0; 700 here, to fit the time); the text teacher copies the pattern from clean
-    # subtitles by step 1,200 but not yet the colour (0.15); the video and image + side-text teachers get what is
+    # after 900 steps (1.00 on seed 0; 700 here, to fit the time); the text teacher copies pattern and action from
+    # clean subtitles by step 1,500 but not yet the colour (0.38); the video and image + side-text teachers get what is
     # left of the budget. The side text is cut shorter than Panda-70M's
     # budgets (configs/teachers.py) for the text-reading teachers, in training and captioning alike: their prompts fit
     # 160 tokens instead of 256.
@@ -60,9 +61,6 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
         # encoder trained too (lr 2e-3) lost what it had learnt (seed 0: held-out loss 0.876 against 0.783 frozen,
         # main colour 0.15 against 0.78).
         frozen="vision_model",
-        # Frame sizes other than configs/captioner.py's: the vision foundation was pretrained on 64-px frames, and
-        # around it at 32 px the video teacher stated the action no better than chance (0.20 on seed 0).
-        image_size=dict(video=64),
         side_text=ml_collections.ConfigDict(dict(subtitles=64, title=16, description=32)),
     ))  # fmt: skip
     # The selector (configs/retrieval.py `tiny` sizes): pretrained on the train videos' clip / caption pairs, then

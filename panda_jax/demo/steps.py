@@ -152,8 +152,6 @@ class Steps:
                      f"train.batch_size={teachers.batch_size[name]}", f"train.learning_rate={teachers.learning_rate}",
                      f"train.warmup_steps={max(1, round(teachers.warmup_share * steps))}", f"train.eval_every={steps}",
                      f"train.checkpoint_every={steps}", *teachers.sizes]  # fmt: skip
-        if name in teachers.image_size:
-            overrides.append(f"train.image_size={teachers.image_size[name]}")
         if DEMO_TEACHERS[name][2]:  # reads side text
             overrides += [*self.side_text(), f"captioner.max_prompt_tokens={teachers.max_prompt_tokens}"]
         return self.train_and_export(Config(f"captioner:{name}", tuple(overrides)), f"teacher_{name}",
@@ -167,13 +165,15 @@ class Steps:
         """`python -m panda_jax.caption` over a split's clips; its summary. With `warmup`, a first run into that folder
         compiles (into JAX's persistent cache) what the timed run then reuses."""
 
+        folders = [warmup, out] if warmup else [out]
+
         def run() -> dict[str, Any]:
-            for folder in (warmup, out) if warmup else (out,):
+            for folder in folders:
                 command(caption.main, ["--clips", str(self.clips(split_name)), "--videos", str(self.videos(split_name)),
                                        "--out", str(folder), *config.flags()], allowed=(0, 1))  # fmt: skip
             return json.loads((out / "summary.json").read_text())
 
-        return Step(run, [out, *([warmup] if warmup else [])], [config], {"timed": "after a warm-up run"} if warmup else {})
+        return Step(run, folders, [config], {"warm_up": bool(warmup)})
 
     def teachers_caption(self, split_name: str, teacher: str = "") -> Step:
         """Every teacher (or `teacher` alone) captions a split's clips."""

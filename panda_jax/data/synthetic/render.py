@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from panda_jax.data.synthetic.spec import (
-    PALETTE, PATTERN_CELL, PATTERN_SHADE, Background, Camera, Scene, SceneObject, VideoSpec, view_pattern,
+    PALETTE, PATTERN_CELL, PATTERN_SHADE, Background, Camera, Scene, SceneObject, VideoSpec, steep, view_pattern,
 )
 from panda_jax.video.writer import VideoWriter
 
@@ -34,25 +34,20 @@ def _outline_points(obj: SceneObject, progress: float, camera: Camera, size: int
 
 def _shade(obj: SceneObject, progress: float, camera: Camera, size: int) -> np.ndarray:
     """How dark the object's pattern is at each pixel, in [0, 1]: float (size, size), laid in cells of
-    PATTERN_CELL of the frame around the object's centre. Cells are cosine half-waves made steep (as the
-    background's stripes are): sharp enough to read through 8-px patches, yet a sub-pixel move shades their edges
-    smoothly instead of flipping whole pixels."""
+    PATTERN_CELL of the frame around the object's centre: cosine half-waves made `steep`, dark where a wave is
+    below zero."""
     centre, _ = obj.pose(progress)
     cx, cy = ((centre - (camera.cx, camera.cy)) * camera.zoom + 0.5) * size
     pixels = np.arange(size) + 0.5
     dx, dy = pixels[None, :] - cx, pixels[:, None] - cy
     cell = PATTERN_CELL * size
-    across, along = np.cos(np.pi * dx / cell), np.cos(np.pi * dy / cell)
-
-    def dark(wave: np.ndarray) -> np.ndarray:  # 1 where the wave is below zero, 0 above, a steep ramp between
-        return np.clip(0.5 - 2 * wave, 0, 1)
-
+    across, along = -np.cos(np.pi * dx / cell), -np.cos(np.pi * dy / cell)  # above zero: a dark cell
     if obj.pattern == "banded":
-        return np.broadcast_to(dark(along), (size, size))
+        return np.broadcast_to(steep(along), (size, size))
     if obj.pattern == "tiled":
-        return dark(across * along)
+        return steep(-across * along)
     if obj.pattern == "dotted":
-        return dark(across) * dark(along)
+        return steep(across) * steep(along)
     return np.zeros((size, size))  # smooth
 
 

@@ -271,6 +271,12 @@ def pick(rng: np.random.Generator, options: Sequence[_T]) -> _T:
     return options[int(rng.integers(len(options)))]
 
 
+def steep(wave: np.ndarray, gain: float = 2.0) -> np.ndarray:
+    """A wave in [-1, 1] made nearly two-level: 0 below -0.5 / gain, 1 above 0.5 / gain, a linear ramp between (the
+    backgrounds' stripes and checkers, the objects' patterns: sharp, yet moving smoothly under sub-pixel shifts)."""
+    return np.clip(0.5 + gain * wave, 0, 1)
+
+
 def _pattern(background: Background, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """How far each world point is blended from the first colour to the last, in [0, 1]."""
     c, s = math.cos(background.angle), math.sin(background.angle)
@@ -281,9 +287,9 @@ def _pattern(background: Background, x: np.ndarray, y: np.ndarray) -> np.ndarray
     if background.kind == "gradient":
         return np.clip(along / background.period + 0.5, 0, 1)
     if background.kind == "stripes":
-        return np.clip(0.5 + 2 * np.sin(wave * along), 0, 1)
+        return steep(np.sin(wave * along))
     if background.kind == "checkerboard":
-        return np.clip(0.5 + 4 * np.sin(wave * along) * np.sin(wave * across), 0, 1)
+        return steep(np.sin(wave * along) * np.sin(wave * across), gain=4.0)
     waves = np.random.default_rng(background.seed)  # noise: a sum of random plane waves
     noise = np.zeros(np.broadcast_shapes(x.shape, y.shape))
     for _ in range(6):
