@@ -6,8 +6,9 @@ from its users' data), saved as Hugging Face folders and cached by the fingerpri
 and the package version. Every teacher, the selector and the student are built from them with both
 ends frozen, as Panda-70M's models are from EVA-CLIP and OPT / Vicuna.
 
-  vision    the learnability probe's model and loss (configs/probe.py: pooled heads per fact and
-            per-patch object facts), trained end to end, then its encoder kept;
+  vision    the learnability probe's model and loss (configs/probe.py: pooled heads per fact,
+            per-patch object facts, and the action from two frames of an event, positions starting
+            as a 2D sine-cosine table), trained end to end, then its encoder kept;
   language  next-token prediction on the world's captions, subtitles, titles and descriptions,
             with the word tokenizer learnt from them (placeholders `<image>` and `<video>` added).
 Variants: `default`, and `tiny` (seconds, for tests).

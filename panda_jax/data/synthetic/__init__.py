@@ -20,7 +20,7 @@ Submodules, each importing only those above it:
   sampling  `sample_video_spec`: a VideoSpec from (seed, index);
   render    `render_frames` and `write_video`;
   corpus    `generate_corpus` and the command line `main`;
-  frames    `SceneFrames`: single frames of fresh scenes with their facts, endless (what vision encoders
+  frames    `SceneFrames`: pairs of frames of fresh scenes with their facts and motion, endless (what vision encoders
             learn to read: the probe, the foundations);
   clips     the events as training examples shaped like `panda70m`'s: `SyntheticClips` (a fixed set
             in memory) and `SyntheticStream` (endless, random access, drawn when read).

@@ -1,11 +1,13 @@
-"""Single frames of the world with every fact a frame shows, as an endless, random-access stream.
+"""Pairs of frames of the world with every fact they show, as an endless, random-access stream.
 
-What a vision encoder learns to read (the learnability probe, the foundations' pretraining): frame i
-of `SceneFrames(seed)` is a fresh scene (`sampling.sample_scene`) under a fresh framing at a random
-moment of its event, drawn from (seed, i) alone, so the stream is as long as wanted, shardable and
-checkpointable by index, and costs about a millisecond a frame. Each example carries the frame, the
-map of which object each pixel shows, and the facts as class indices (`FACTS`), so a model can be
-supervised on the whole frame (pooled heads) or per patch (`patch_labels`).
+What a vision encoder learns to read (the learnability probe, the foundations' pretraining): example i
+of `SceneFrames(seed)` is a fresh scene (`sampling.sample_scene`) under a fresh framing, seen at two
+moments of its event (the later at least `MOTION_GAP[0]` of the event after the earlier), drawn from
+(seed, i) alone, so the stream is as long as wanted, shardable and checkpointable by index, and costs
+about a millisecond a frame. Each example carries the frames, the maps of which object each pixel
+shows, the facts as class indices (`FACTS`), so a model can be supervised on the whole frame (pooled
+heads) or per patch (`patch_labels`), and the main object's action between the two frames: a frozen
+encoder whose features tell where and how large the object is is one a video model reads motion from.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from panda_jax.data.synthetic.render import object_map, render_scene
 from panda_jax.data.synthetic.sampling import sample_camera, sample_scene
-from panda_jax.data.synthetic.spec import BACKGROUNDS, OBJECT_COLORS, PALETTE, PATTERNS, SIZES, Scene
+from panda_jax.data.synthetic.spec import ACTIONS, BACKGROUNDS, OBJECT_COLORS, PALETTE, PATTERNS, SIZES, Scene
 
 ABSENT = "none"  # the class of an object fact when the frame has no second object
 # Every fact of a frame and its classes. `background_color` is the first colour of the background.
@@ -33,6 +35,9 @@ FACTS: dict[str, tuple[str, ...]] = {
 # Per object (patch labels): what the patches it covers are labelled with; 0 is the background.
 OBJECT_FACTS = ("color", "pattern", "size")
 LENGTH = 2**31 - 1  # indices a stream serves: more frames than any run reads
+# The share of the event between an example's two frames: a moving disc has travelled at least 0.4 x 0.22 world units
+# (5 px at 64 px and the farthest zoom), a growing one has changed its radius by at least a third.
+MOTION_GAP = (0.4, 1.0)
 
 
 def fact_labels(scene: Scene) -> dict[str, int]:
@@ -64,11 +69,12 @@ def patch_labels(objects: np.ndarray, patch_size: int) -> np.ndarray:
 
 
 class SceneFrames:
-    """Frame i: a scene of `seed` at a random moment, `size` pixels square (see the module docstring).
+    """Example i: a scene of `seed` at two moments, `size` pixels square (see the module docstring).
 
-    Examples: `frame` uint8 [size, size, 3], `objects` uint8 [size, size] (0 the background, k + 1
-    object k), `labels` {fact: class index}, `object_classes` {object fact: int32 [3]} (background, main,
-    other; a missing other object repeats nothing: its row is simply never referenced), `one_object`.
+    Examples: `frames` uint8 [2, size, size, 3] (the earlier, the later), `objects` uint8 [2, size, size] (0 the
+    background, k + 1 object k), `labels` {fact: class index} (both frames show the same facts), `action` the main
+    object's (index into `ACTIONS`), `object_classes` {object fact: int32 [3]} (background, main, other; a missing
+    other object repeats nothing: its row is simply never referenced), `one_object`.
     """
 
     def __init__(self, seed: int, size: int = 64, length: int = LENGTH):
@@ -83,12 +89,15 @@ class SceneFrames:
         rng = np.random.default_rng([self.seed, index])
         scene = sample_scene(rng, None)
         camera = sample_camera(rng, scene.bounds(), None)
-        progress = float(rng.uniform())
+        gap = float(rng.uniform(*MOTION_GAP))
+        earlier = float(rng.uniform(0, 1 - gap))
+        moments = (earlier, earlier + gap)
         classes = object_classes(scene)
         return {
-            "frame": render_scene(scene, camera, progress, self.size),
-            "objects": object_map(scene, camera, progress, self.size),
+            "frames": np.stack([render_scene(scene, camera, progress, self.size) for progress in moments]),
+            "objects": np.stack([object_map(scene, camera, progress, self.size) for progress in moments]),
             "labels": fact_labels(scene),
+            "action": ACTIONS.index(scene.action),
             "object_classes": {fact: np.pad(values, (0, 3 - len(values))) for fact, values in classes.items()},
             "one_object": len(scene.objects) == 1,
         }
