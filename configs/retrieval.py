@@ -13,7 +13,9 @@ Variants:
             mean of frame embeddings: the cheap option;
   tiny      a small random BLIP-2 retrieval model written as a checkpoint folder at first use,
             4 frames, one temporal layer: for tests and quick checks (a training run in under a minute
-            on a 2-core CPU), not for choices worth reading.
+            on a 2-core CPU), not for choices worth reading. With `foundations` (a panda_jax.foundations
+            folder) the folder is written around its vision encoder, as the demo's selector is
+            (`frozen=vision_model` keeps that encoder as pretrained; `train.image_size` its resolution).
 """
 
 import os
@@ -25,6 +27,9 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.weights_dir = "weights"
     config.tiny = ""  # a panda_jax.teachers.tiny kind: the folder is written with random weights at first use
+    # With `tiny`: a panda_jax.foundations folder whose vision encoder (weights, sizes, image processor) the written
+    # selector starts from, as Panda-70M's starts from a pretrained video encoder.
+    config.foundations = ""
     config.dtype = "bfloat16"
     if variant == "panda70m":
         config.checkpoint = "blip2-itm-vit-g"
@@ -66,6 +71,7 @@ def get_config(variant: str = "panda70m") -> ml_collections.ConfigDict:
     # caption have no other captions: their in-batch negatives weigh `pair_weight`).
     config.loss = ml_collections.ConfigDict(dict(same_clip_weight=1.0, other_clip_weight=0.01, pair_weight=1.0,
                                                  vtm_weight=1.0))  # fmt: skip
+    config.frozen = ""  # "vision_model": training keeps the vision encoder as it was (a pretrained one)
     if variant == "tiny":
         config.temporal_layers = 1
         config.data.update(source="synthetic", synthetic_videos=4, synthetic_eval_videos=1, synthetic_size=32)

@@ -39,7 +39,7 @@ from panda_jax.teachers import frames, tiny
 
 log = logging.getLogger("panda_jax.select")
 
-TRAINING_FIELDS = ("model", "data", "train", "loss", "workdir")  # the training recipe: no part of a selection
+TRAINING_FIELDS = ("model", "data", "train", "loss", "frozen", "workdir")  # the training recipe: no part of a selection
 
 
 def read_captions(captions: Path, problems: list[Problem]) -> tuple[dict[str, dict[str, str]], list[str]]:

@@ -106,7 +106,8 @@ def retrieval_task(config: Any, mesh: Any) -> Task:
     tokenizer = checkpoint.load_tokenizer(folder)
     data = ({"text": CandidateText(tokenizer, candidates, config.max_text_tokens)} if candidates
             else {"tokenizer": tokenizer, "max_text_tokens": config.max_text_tokens})  # fmt: skip
-    return Task(model, nnx.Param, loss, data, lambda model, directory: video_retrieval.save(model, directory, folder))
+    trainable = learnt_around(config.frozen, ("vision_model",))
+    return Task(model, trainable, loss, data, lambda model, directory: video_retrieval.save(model, directory, folder))
 
 
 # config.captioner.shape → the panda_jax.teachers.tiny kind whose checkpoint layout it has (around the language model
@@ -170,13 +171,14 @@ def _foundation_config(foundations: Path, part: str) -> dict[str, Any]:
     return {key: value for key, value in hf_config.items() if key not in dropped}
 
 
-def learnt_around(frozen: str) -> Any:
-    """The parameters a captioner built from the foundations learns: all but the parts `frozen` names ("vision_model,
-    language_model": neither end, Panda-70M's teachers and BLIP-2's recipe)."""
+def learnt_around(frozen: str, known: tuple[str, ...] = ("vision_model", "language_model")) -> Any:
+    """The parameters a model built from the foundations learns: all but the parts `frozen` names (a captioner's
+    "vision_model,language_model": neither end, Panda-70M's teachers and BLIP-2's recipe; a selector's
+    "vision_model")."""
     parts = [part.strip() for part in frozen.split(",") if part.strip()]
-    unknown = set(parts) - {"vision_model", "language_model"}
+    unknown = set(parts) - set(known)
     if unknown:
-        raise ValueError(f"captioner.frozen names {sorted(unknown)}; it may name vision_model and language_model")
+        raise ValueError(f"frozen names {sorted(unknown)}; it may name {' and '.join(known)}")
     return nnx.All(nnx.Param, nnx.Not(nnx.Any(*map(nnx.PathContains, parts)))) if parts else nnx.Param
 
 

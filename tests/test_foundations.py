@@ -108,3 +108,26 @@ def test_the_fingerprint_follows_the_code_that_makes_the_foundations(tmp_path, m
     assert foundations.fingerprint(config) == before
     (tmp_path / "data/synthetic/spec.py").write_text("SIZES = {}\n")
     assert foundations.fingerprint(config) != before
+
+
+def test_a_selector_around_the_vision_foundation_learns_all_but_it(built, tmp_path):
+    """`retrieval:tiny` with `foundations` writes its folder around the vision foundation (weights, sizes, image
+    processor); trained with `frozen=vision_model` and exported, the encoder is still the foundation's, the rest moved."""
+    from panda_jax import export
+
+    _, path = built
+    size = json.loads((path / "vision" / checkpoint.CONFIG_NAME).read_text())["image_size"]
+    overrides = [f"--config.weights_dir={tmp_path / 'weights'}", f"--config.foundations={path}",
+                 "--config.frozen=vision_model", f"--config.train.image_size={size}", "--config.train.steps=3",
+                 "--config.data.synthetic_eval_videos=0"]  # fmt: skip
+    assert train.main(["--config=retrieval:tiny", "--workdir", str(tmp_path / "run"), *overrides]) == 0
+    initial = checkpoint.read_state_dict(tmp_path / "weights" / "blip2_retrieval" / checkpoint.WEIGHTS_NAME)
+    assert export.main(["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "selector")]) == 0
+    exported = checkpoint.read_state_dict(tmp_path / "selector" / checkpoint.WEIGHTS_NAME)
+    vision = checkpoint.read_state_dict(path / "vision" / checkpoint.WEIGHTS_NAME)
+    for name, value in vision.items():
+        np.testing.assert_array_equal(initial[f"vision_model.{name}"], value)
+        np.testing.assert_array_equal(exported[f"vision_model.{name}"], value)
+    assert not np.array_equal(exported["vision_projection.weight"], initial["vision_projection.weight"])
+    processor = json.loads((tmp_path / "selector" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": size, "width": size}

@@ -48,7 +48,7 @@ class Demo(Steps):
         results["labelled"] = stage("dataset_labelled", self.build_dataset("labelled"), ["caption_val"])
         results["selectors"], results["selection"] = {}, {}
         for name in claims.SELECTORS:  # pretrained on the train videos, then fine-tuned on labelled validation clips
-            after = ["selector_pretrained", "dataset_labelled", "judge_val"] if name != "pretrained" else []
+            after = ["selector_pretrained", "dataset_labelled", "judge_val"] if name != "pretrained" else ["foundations"]
             results["selectors"][name] = stage(f"selector_{name}", self.train_selector(name), after)
             results["selection"][name] = stage(f"select_{name}_test", self.select(name, "test"),
                                                [f"selector_{name}", "caption_test", "judge_test"])  # fmt: skip

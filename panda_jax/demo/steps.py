@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -219,23 +220,28 @@ class Steps:
         return json.loads(out.read_text())
 
     def train_selector(self, name: str) -> Step:
-        """The selector: `pretrained` on clip / ground-truth pairs of the train videos (in-batch negatives), then
-        fine-tuned from it on the labelled validation clips, with Panda-70M's hard negatives (`hard_negatives`: the
-        clip's other captions weigh 1, other clips' 0.01) or plainly (`contrastive`: other clips' captions only)."""
+        """The selector: `pretrained` on clip / ground-truth pairs of the train videos (in-batch negatives) around the
+        vision foundation (frozen), then fine-tuned from it on the labelled validation clips, with Panda-70M's hard
+        negatives (`hard_negatives`: the clip's other captions weigh 1, other clips' 0.01) or plainly (`contrastive`:
+        other clips' captions only)."""
         selector = self.config.selector
         overrides = [f"weights_dir={self.path('selectors')}", f"train.batch_size={selector.batch_size}",
                      f"train.learning_rate={selector.learning_rate}", f"train.warmup_init={selector.learning_rate}",
-                     f"train.end_learning_rate={selector.learning_rate}", f"train.seed={self.config.seed}"]  # fmt: skip
+                     f"train.end_learning_rate={selector.learning_rate}", f"train.seed={self.config.seed}",
+                     "frozen=vision_model", f"train.image_size={self.foundations_config.resolve().vision.image_size}"]
         steps = selector.pretrain_steps if name == "pretrained" else selector.finetune_steps
         overrides += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}"]
         if name == "pretrained":
-            overrides += [*self.synthetic_train(), "checkpoint=random"]
-        else:
-            weights = (1.0, 0.01) if name == "hard_negatives" else (0.0, 1.0)
-            overrides += [f"checkpoint={self.path('selectors', 'pretrained')}", "tiny=", "data.source=tfds",
-                          "data.name=panda70m/demo_labelled", f"data.data_dir={self.path('tfds')}",
-                          f"data.candidates={len(DEMO_TEACHERS)}", f"data.labels={self.path('captions', 'val_labels.jsonl')}",
-                          f"loss.same_clip_weight={weights[0]}", f"loss.other_clip_weight={weights[1]}"]  # fmt: skip
+            folder = foundations.folder(self.foundations_config.resolve())
+            overrides += [*self.synthetic_train(), "checkpoint=initial", f"foundations={folder}"]
+            step = self.train_and_export(Config("retrieval:tiny", tuple(overrides)), f"selector_{name}",
+                                         self.path("selectors", name))  # fmt: skip
+            return dataclasses.replace(step, outputs=[*step.outputs, self.path("selectors", "initial")])
+        weights = (1.0, 0.01) if name == "hard_negatives" else (0.0, 1.0)
+        overrides += [f"checkpoint={self.path('selectors', 'pretrained')}", "tiny=", "data.source=tfds",
+                      "data.name=panda70m/demo_labelled", f"data.data_dir={self.path('tfds')}",
+                      f"data.candidates={len(DEMO_TEACHERS)}", f"data.labels={self.path('captions', 'val_labels.jsonl')}",
+                      f"loss.same_clip_weight={weights[0]}", f"loss.other_clip_weight={weights[1]}"]  # fmt: skip
         return self.train_and_export(Config("retrieval:tiny", tuple(overrides)), f"selector_{name}",
                                      self.path("selectors", name))  # fmt: skip
 

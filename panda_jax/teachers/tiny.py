@@ -62,6 +62,8 @@ WORDS = tuple(dict.fromkeys(
     video clip scene frame image picture camera view shot close slowly quickly again then now
     you given information about will be asked summarize or subtitles descriptions please faithfully
     sentence shows showing seen day night
+    backdrop against blotchy fading size put nearby remains gets motionless swells upward contracts expands
+    does not move leftward rightward drops downward
     """.split()
 ))
 IMAGE_SIZE = 28  # pixels, two 14-pixel patches a side
@@ -179,8 +181,9 @@ def write_tiny_checkpoint(kind: str, directory: str | os.PathLike, seed: int = 0
     return directory
 
 
-def ensure_tiny_checkpoint(kind: str, directory: str | os.PathLike, seed: int = 0) -> Path:
-    """`directory`, written by `write_tiny_checkpoint` first if it holds no checkpoint yet.
+def ensure_tiny_checkpoint(kind: str, directory: str | os.PathLike, seed: int = 0, vision: Path | None = None) -> Path:
+    """`directory`, written by `write_tiny_checkpoint` (or, with `vision`, `write_tiny_retrieval` around it) first if
+    it holds no checkpoint yet.
 
     Safe when processes race: each writes its own folder and the first renamed into place is
     kept. Refuses a folder that holds another architecture.
@@ -189,40 +192,55 @@ def ensure_tiny_checkpoint(kind: str, directory: str | os.PathLike, seed: int = 
     if kind in ARCHITECTURE_OF and (directory / checkpoint.CONFIG_NAME).is_file():
         checkpoint.read_config(directory, architectures=[ARCHITECTURE_OF[kind]])
         return directory
+    if vision is not None:
+        if kind != RETRIEVAL:
+            raise ValueError(f"only the {RETRIEVAL} kind is built around a pretrained vision encoder, not {kind!r}")
+        return write_tiny_retrieval(directory, seed, vision)
     return write_tiny_checkpoint(kind, directory, seed)
 
 
 def checkpoint_folder(config: Any) -> Path:
     """The folder a model config's `checkpoint` names under its `weights_dir` (an absolute `checkpoint` stands
-    alone), written with random weights first when its `tiny` names a kind."""
+    alone), written with random weights first when its `tiny` names a kind (around the vision foundation of its
+    `foundations` folder, where it has one)."""
     folder = (Path(config.weights_dir).expanduser() / Path(config.checkpoint).expanduser()).absolute()
     if config.tiny:
-        ensure_tiny_checkpoint(config.tiny, folder)
+        foundations = config.get("foundations", "")
+        ensure_tiny_checkpoint(config.tiny, folder, vision=Path(foundations).expanduser() / "vision" if foundations else None)
     return folder
 
 
-def write_tiny_retrieval(directory: str | os.PathLike, seed: int = 0) -> Path:
-    """The tiny `Blip2ForImageTextRetrieval`: the tiny teachers' vision encoder and Q-Former (with its
-    text input), a 16-wide contrastive space, BERT's tokenizer over `WORDS`; written like `write_tiny_checkpoint`."""
+def write_tiny_retrieval(directory: str | os.PathLike, seed: int = 0, vision: Path | None = None) -> Path:
+    """The tiny `Blip2ForImageTextRetrieval`: the tiny teachers' vision encoder (or, with `vision`, that
+    `Blip2VisionModel` folder's weights, sizes and image processor) and Q-Former (with its text input), a 16-wide
+    contrastive space, BERT's tokenizer over `WORDS`; written like `write_tiny_checkpoint`."""
     tokenizer = train_qformer_tokenizer()
+    name, settings = processor_settings(video=False)
+    vision_config = VISION
+    if vision is not None:
+        pretrained = checkpoint.read_config(vision, architectures=["Blip2VisionModel"])
+        vision_config = {key: value for key, value in pretrained.items() if key not in ("architectures", "dtype")}
+        settings = json.loads((vision / name).read_text())
     qformer = QFORMER | {
-        "model_type": "blip_2_qformer", "encoder_hidden_size": VISION["hidden_size"], "use_qformer_text_input": True,
-        "vocab_size": len(tokenizer),
+        "model_type": "blip_2_qformer", "encoder_hidden_size": vision_config["hidden_size"],
+        "use_qformer_text_input": True, "vocab_size": len(tokenizer),
     }  # fmt: skip
     config = {
         "architectures": ["Blip2ForImageTextRetrieval"], "model_type": "blip-2", "dtype": "float32",
         "num_query_tokens": QUERIES, "image_text_hidden_size": 16,
-        "vision_config": VISION | {"model_type": "blip_2_vision_model"}, "qformer_config": qformer,
+        "vision_config": vision_config | {"model_type": "blip_2_vision_model"}, "qformer_config": qformer,
     }  # fmt: skip
     parsed = blip2_retrieval.RetrievalConfig.from_hf(config)
     model = checkpoint.abstract(lambda: blip2_retrieval.Blip2Retrieval(parsed, rngs=nnx.Rngs(0)))
     tensors = random_weights(model, blip2_retrieval.retrieval_slots(model), seed)
+    if vision is not None:
+        pretrained_tensors = checkpoint.read_state_dict(vision / checkpoint.WEIGHTS_NAME)
+        tensors |= {f"vision_model.{key}": value for key, value in pretrained_tensors.items()}
     directory = Path(directory).expanduser()
     with atomic_directory(directory) as folder:
         (folder / checkpoint.CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(folder / checkpoint.WEIGHTS_NAME), metadata={"format": "pt"})
         tokenizer.save_pretrained(folder)
-        name, settings = processor_settings(video=False)
         (folder / name).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     return directory
 
