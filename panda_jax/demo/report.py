@@ -125,7 +125,9 @@ def stitching_claim(verdict: dict[str, Any], split: dict[str, Any]) -> str:
             f"{stitched['event_precision']:.3f}, recall {shots['event_recall']:.3f} → "
             f"{stitched['event_recall']:.3f}), mean clip {shots['mean_clip_seconds']:.1f} s → "
             f"{stitched['mean_clip_seconds']:.1f} s."
-            + (" Event recall falls: it also merged across some event boundaries."
+            + (" Event recall falls: no kept clip starts at some event boundaries (shots merged across them, or"
+               " dropped as transitions, too short or static: a shot the detector ran across two events is dropped"
+               " as a transition, and with it parts of both)."
                if stitched["event_recall"] < shots["event_recall"] else ""))  # fmt: skip
     return paragraph
 
