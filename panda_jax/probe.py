@@ -44,6 +44,7 @@ log = logging.getLogger("panda_jax.probe")
 OBJECT_CLASSES = {fact: 1 + len(FACTS[f"main_{fact}"]) for fact in OBJECT_FACTS}  # the background is class 0
 BOTH = "main_color_and_pattern"  # the image teacher's target: both right, on frames with one object
 MOTION = "action"  # the main object's, read from an example's two frames
+REPORTED = (*FACTS, BOTH, MOTION)  # the curves' columns
 
 
 class FrameReader(nnx.Module):
@@ -202,7 +203,7 @@ def train_reader(config: Any, on_eval: Any = None) -> tuple[FrameReader, list[di
             row |= accuracies(model, predict, eval_batches)
             curve.append(row)
             log.info("step %d (%.0f s): loss %.3f; %s", number, row["seconds"], row["loss"],
-                     ", ".join(f"{fact} {row[fact]:.2f}" for fact in (*FACTS, BOTH, MOTION)))  # fmt: skip
+                     ", ".join(f"{fact} {row[fact]:.2f}" for fact in REPORTED))  # fmt: skip
             if on_eval is not None:
                 on_eval(row)
     return model, curve
@@ -216,7 +217,7 @@ def plot_curves(curve: Sequence[dict[str, float]], path: Path, title: str) -> No
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for fact in (*FACTS, BOTH, MOTION):
+    for fact in REPORTED:
         for axis, x in zip(axes, ("step", "seconds")):
             axis.plot([row[x] for row in curve], [row[fact] for row in curve], label=fact,
                       linewidth=2.5 if fact in (BOTH, MOTION) else 1.2)  # fmt: skip
@@ -255,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     last = curve[-1]
     print(f"after {last['step']} steps ({last['seconds']:.0f} s), held-out accuracy per fact:")
     chance = {fact: 1 / len(classes) for fact, classes in FACTS.items()} | {MOTION: 1 / len(ACTIONS)}
-    for fact in (*FACTS, BOTH, MOTION):
+    for fact in REPORTED:
         print(f"  {fact:22s} {last[fact]:.3f}   (chance {chance[fact]:.3f})" if fact in chance
               else f"  {fact:22s} {last[fact]:.3f}   (one-object frames)")  # fmt: skip
     print(f"curves: {out / 'curves.jsonl'}, {out / 'curves.png'}")

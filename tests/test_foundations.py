@@ -131,3 +131,16 @@ def test_a_selector_around_the_vision_foundation_learns_all_but_it(built, tmp_pa
     assert not np.array_equal(exported["vision_projection.weight"], initial["vision_projection.weight"])
     processor = json.loads((tmp_path / "selector" / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": size, "width": size}
+
+
+def test_a_selector_folder_around_another_encoder_is_refused(built, tmp_path):
+    """A tiny selector folder already written with random weights is not silently taken for one around the
+    foundation."""
+    from panda_jax.teachers import tiny
+
+    _, path = built
+    folder = tiny.ensure_tiny_checkpoint(tiny.RETRIEVAL, tmp_path / "selector")
+    with pytest.raises(ValueError, match="not the one of"):
+        tiny.ensure_tiny_checkpoint(tiny.RETRIEVAL, folder, vision=path / "vision")
+    around = tiny.ensure_tiny_checkpoint(tiny.RETRIEVAL, tmp_path / "around", vision=path / "vision")
+    assert tiny.ensure_tiny_checkpoint(tiny.RETRIEVAL, around, vision=path / "vision") == around

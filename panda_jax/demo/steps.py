@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -125,6 +124,11 @@ class Steps:
     def foundations_config(self) -> Config:
         return Config(f"foundations:{self.config.foundations}")
 
+    @functools.cached_property
+    def foundations_folder(self) -> Path:
+        """Where the foundations are (or will be): the cache folder named by their fingerprint."""
+        return foundations.folder(self.foundations_config.resolve())
+
     def foundations(self) -> Step:
         """The vision and language foundations (`python -m panda_jax.foundations`), from the cache when it holds them:
         pretrained on their own streams, whatever the demo's seed."""
@@ -147,8 +151,7 @@ class Steps:
         """A captioner (configs/captioner.py variant NAME) around the foundations (`teachers.frozen` of them frozen),
         trained on the stream and exported as a teacher."""
         teachers, steps = self.config.teachers, self.config.teachers.steps[name]
-        folder = foundations.folder(self.foundations_config.resolve())
-        overrides = [*self.synthetic_train(), f"captioner.foundations={folder}",
+        overrides = [*self.synthetic_train(), f"captioner.foundations={self.foundations_folder}",
                      f"captioner.frozen={teachers.frozen}", f"train.steps={steps}",
                      f"train.batch_size={teachers.batch_size[name]}", f"train.learning_rate={teachers.learning_rate}",
                      f"train.warmup_steps={max(1, round(teachers.warmup_share * steps))}", f"train.eval_every={steps}",
@@ -225,23 +228,22 @@ class Steps:
         negatives (`hard_negatives`: the clip's other captions weigh 1, other clips' 0.01) or plainly (`contrastive`:
         other clips' captions only)."""
         selector = self.config.selector
+        image_size = self.foundations_config.resolve().vision.image_size  # the vision foundation's
         overrides = [f"weights_dir={self.path('selectors')}", f"train.batch_size={selector.batch_size}",
                      f"train.learning_rate={selector.learning_rate}", f"train.warmup_init={selector.learning_rate}",
                      f"train.end_learning_rate={selector.learning_rate}", f"train.seed={self.config.seed}",
-                     "frozen=vision_model", f"train.image_size={self.foundations_config.resolve().vision.image_size}"]
+                     "frozen=vision_model", f"train.image_size={image_size}"]  # fmt: skip
         steps = selector.pretrain_steps if name == "pretrained" else selector.finetune_steps
         overrides += [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}"]
-        if name == "pretrained":
-            folder = foundations.folder(self.foundations_config.resolve())
-            overrides += [*self.synthetic_train(), "checkpoint=initial", f"foundations={folder}"]
-            step = self.train_and_export(Config("retrieval:tiny", tuple(overrides)), f"selector_{name}",
-                                         self.path("selectors", name))  # fmt: skip
-            return dataclasses.replace(step, outputs=[*step.outputs, self.path("selectors", "initial")])
-        weights = (1.0, 0.01) if name == "hard_negatives" else (0.0, 1.0)
-        overrides += [f"checkpoint={self.path('selectors', 'pretrained')}", "tiny=", "data.source=tfds",
-                      "data.name=panda70m/demo_labelled", f"data.data_dir={self.path('tfds')}",
-                      f"data.candidates={len(DEMO_TEACHERS)}", f"data.labels={self.path('captions', 'val_labels.jsonl')}",
-                      f"loss.same_clip_weight={weights[0]}", f"loss.other_clip_weight={weights[1]}"]  # fmt: skip
+        if name == "pretrained":  # its first weights: written around the foundations once, named after them
+            overrides += [*self.synthetic_train(), f"checkpoint=initial_{self.foundations_folder.name}",
+                          f"foundations={self.foundations_folder}"]  # fmt: skip
+        else:
+            weights = (1.0, 0.01) if name == "hard_negatives" else (0.0, 1.0)
+            overrides += [f"checkpoint={self.path('selectors', 'pretrained')}", "tiny=", "data.source=tfds",
+                          "data.name=panda70m/demo_labelled", f"data.data_dir={self.path('tfds')}",
+                          f"data.candidates={len(DEMO_TEACHERS)}", f"data.labels={self.path('captions', 'val_labels.jsonl')}",
+                          f"loss.same_clip_weight={weights[0]}", f"loss.other_clip_weight={weights[1]}"]  # fmt: skip
         return self.train_and_export(Config("retrieval:tiny", tuple(overrides)), f"selector_{name}",
                                      self.path("selectors", name))  # fmt: skip
 

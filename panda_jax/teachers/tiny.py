@@ -191,12 +191,22 @@ def ensure_tiny_checkpoint(kind: str, directory: str | os.PathLike, seed: int = 
     directory = Path(directory).expanduser()
     if kind in ARCHITECTURE_OF and (directory / checkpoint.CONFIG_NAME).is_file():
         checkpoint.read_config(directory, architectures=[ARCHITECTURE_OF[kind]])
+        if vision is not None and not _holds_vision(directory, vision):
+            raise ValueError(f"{directory} holds a {kind} whose vision encoder is not the one of {vision}: name another "
+                             "checkpoint folder, or remove it to have it written again")
         return directory
     if vision is not None:
         if kind != RETRIEVAL:
             raise ValueError(f"only the {RETRIEVAL} kind is built around a pretrained vision encoder, not {kind!r}")
         return write_tiny_retrieval(directory, seed, vision)
     return write_tiny_checkpoint(kind, directory, seed)
+
+
+def _holds_vision(directory: Path, vision: Path) -> bool:
+    """Whether the checkpoint in `directory` has `vision`'s encoder (a Blip2VisionModel folder) as its vision_model."""
+    held = checkpoint.read_state_dict(directory / checkpoint.WEIGHTS_NAME)
+    wanted = checkpoint.read_state_dict(vision / checkpoint.WEIGHTS_NAME)
+    return all(np.array_equal(held.get(f"vision_model.{name}"), value) for name, value in wanted.items())
 
 
 def checkpoint_folder(config: Any) -> Path:
