@@ -21,27 +21,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from panda_jax.data.synthetic.clips import STREAM_FIRST_VIDEO, event_examples
-from panda_jax.data.synthetic.sampling import sample_video_spec
 from panda_jax.data.synthetic.spec import ACTIONS
 from panda_jax.models import blip2_vision
 from panda_jax.models.captioner import ImageProcessor
+from panda_jax.motion import events
 
 FRAMES, QUERIES, WIDTH = 8, 4, 96
-
-
-def events(seed: int, start: int, count: int, processor: ImageProcessor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixels [count, FRAMES, 3, H, W] of one event of each stream video start … start + count - 1, its action, and
-    whether it holds a cut."""
-    pixels, actions, cuts = [], [], []
-    for index in range(start, start + count):
-        spec = sample_video_spec(seed, STREAM_FIRST_VIDEO + index, size=64, duration=8.0)
-        number = int(np.random.default_rng([seed, index]).integers(len(spec.events)))
-        (example,) = event_examples(spec, [number], FRAMES)
-        pixels.append(processor(example["frames"]))
-        actions.append(ACTIONS.index(example["facts"]["action"]))
-        cuts.append(len(spec.events[number].shots) > 1)
-    return np.stack(pixels), np.array(actions), np.array(cuts)
 
 
 class VideoHead(nnx.Module):
@@ -98,13 +83,13 @@ def main() -> None:
         return value
 
     predict = nnx.jit(lambda head, hidden: head(hidden).argmax(-1))
-    held_out = [events(999_983, start, 64, processor) for start in range(0, args.held_out, 64)]
+    held_out = [events(999_983, start, 64, FRAMES, processor) for start in range(0, args.held_out, 64)]
     held_out = [(features(encoder, jnp.asarray(pixels)), actions, cuts) for pixels, actions, cuts in held_out]
     actions = np.concatenate([a for _, a, _ in held_out])
     cuts = np.concatenate([c for _, _, c in held_out])
     began = time.perf_counter()
     for number in range(1, args.steps + 1):
-        pixels, labels, _ = events(0, number * args.batch_size, args.batch_size, processor)
+        pixels, labels, _ = events(0, number * args.batch_size, args.batch_size, FRAMES, processor)
         loss = step(head, optimizer, features(encoder, jnp.asarray(pixels)), jnp.asarray(labels))
         if number % args.eval_every == 0 or number == args.steps:
             predicted = np.concatenate([np.asarray(predict(head, hidden)) for hidden, _, _ in held_out])

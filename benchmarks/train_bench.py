@@ -240,13 +240,13 @@ def copy_trainable(student, theirs: TorchStudent) -> int:
     from panda_jax.models import checkpoint
     from panda_jax.models.qformer import qformer_slots
 
-    slots = {f"video_qformer.{name}": slot for name, slot in qformer_slots(student.video_qformer, "").items()}
+    slots = {f"video_qformer.{name}": slot for name, slot in qformer_slots(student.video.qformer, "").items()}
     slots |= {f"text_qformer.{name}": slot for name, slot in qformer_slots(student.text_qformer, "").items()}
     slots |= checkpoint.linear_slots("video_projection", student.video_projection)
     slots |= checkpoint.linear_slots("text_projection", student.text_projection)
     arrays = {name: slot.revert(np.asarray(slot.variable[...])) for name, slot in slots.items()}
-    arrays |= {"frame_position": np.asarray(student.frame_position[...]),
-               "video_queries": np.asarray(student.video_queries.embedding[...]),
+    arrays |= {"frame_position": np.asarray(student.video.frame_position[...]),
+               "video_queries": np.asarray(student.video.queries.embedding[...]),
                "prompt_positions": np.asarray(student.prompt_positions.embedding[...])}  # fmt: skip
     trainable = {name: p for name, p in theirs.named_parameters() if p.requires_grad}
     if set(arrays) != set(trainable):

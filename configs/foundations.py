@@ -10,7 +10,10 @@ ends frozen, as Panda-70M's models are from EVA-CLIP and OPT / Vicuna.
             per-patch object facts, and the action from two frames of an event, positions starting
             as a 2D sine-cosine table), trained end to end, then its encoder kept;
   language  next-token prediction on the world's captions, subtitles, titles and descriptions,
-            with the word tokenizer learnt from them (placeholders `<image>` and `<video>` added).
+            with the word tokenizer learnt from them (placeholders `<image>` and `<video>` added);
+  motion    a Video-LLaMA's frame Q-Former and video Q-Former (with motion tokens) on the frozen
+            vision encoder, trained to read the main object's action from 8 frames of an event
+            (panda_jax.motion): the video branch a video captioner is built on.
 Variants: `default`, and `tiny` (seconds, for tests).
 """
 
@@ -34,7 +37,19 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
         num_attention_heads=4, num_key_value_heads=4, max_tokens=48, tokenizer_videos=400,
         steps=600, batch_size=64, learning_rate=2e-3, warmup_steps=50, weight_decay=0.05, eval_texts=512,
     ))  # fmt: skip
+    config.motion = ml_collections.ConfigDict(dict(
+        seed=15_485_863, eval_seed=32_452_843, frames=8, num_query_tokens=8,
+        qformer=ml_collections.ConfigDict(dict(
+            hidden_size=96, intermediate_size=192, num_hidden_layers=1, num_attention_heads=4,
+        )),
+        video=ml_collections.ConfigDict(dict(num_query_tokens=8, num_hidden_layers=2, motion_tokens=True)),
+        steps=400, batch_size=32, learning_rate=2e-3, warmup_steps=40, weight_decay=0.05, eval_every=100,
+        eval_events=256,
+    ))  # fmt: skip
     if tiny:
+        config.motion.update(frames=4, num_query_tokens=2, steps=2, batch_size=2, eval_every=2, eval_events=4)
+        config.motion.qformer.update(hidden_size=16, intermediate_size=32, num_attention_heads=2)
+        config.motion.video.update(num_query_tokens=2, num_hidden_layers=1)
         config.language.update(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                                num_key_value_heads=1, tokenizer_videos=20, steps=4, batch_size=8, eval_texts=16)
     config.out = ""  # default: $PANDA_JAX_CACHE/foundations/FINGERPRINT

@@ -3,7 +3,7 @@
 A teacher is a name, a model family, a checkpoint folder (under `weights_dir`), what it sees
 (`frames`: 0 = side text only, 1 = one frame between 30 % and 70 % of the clip, N = N frames;
 `side_text`: whether its prompt carries the clip's subtitles, the title and the description)
-and how it decodes. Families: blip2, instructblip (one frame), instructblip_video (N frames),
+and how it decodes. Families: blip2, instructblip (one frame), instructblip_video, video_llama (N frames),
 language_model (OPT / LLaMA / T5 on side text alone), external (captions from a JSONL made
 elsewhere, `checkpoint` is its path), student (the trained student captioner).
 
@@ -14,7 +14,7 @@ Variants:
             teacher: `--config=teachers:student --config.checkpoint=DIR` (8 frames + side text);
   demo      the grounded demo's four teachers, captioners trained from scratch on the synthetic
             corpus (`configs/captioner.py`, exported under `weights_dir` by `python -m panda_jax.demo`):
-            image (BLIP-2, one frame), video (InstructBLIP-Video, 8 frames), text (a LLaMA on the
+            image (BLIP-2, one frame), video (Video-LLaMA, 8 frames), text (a LLaMA on the
             title, description and subtitles) and image_side_text (InstructBLIP, one frame + side text);
   tiny      four teachers with small random weights (image, image + side text, video + side
             text, side text only), written as real checkpoint folders at first use: for tests

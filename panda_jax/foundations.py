@@ -4,8 +4,9 @@ Panda-70M builds every model from pretrained parts (EVA-CLIP's ViT, OPT / Vicuna
 frozen. No such checkpoint exists offline, so the grounded world gets its own, pretrained once on
 streams of the world that no demo seed touches (configs/foundations.py) and kept as Hugging Face
 folders: FOLDER/vision (a `Blip2VisionModel`, with its image processor's settings and the probe
-curves of its pretraining), FOLDER/language (a `LlamaForCausalLM` with its word tokenizer) and
-FOLDER/report.json (held-out accuracies, seconds). `ensure(config)` returns the folder, building it
+curves of its pretraining), FOLDER/language (a `LlamaForCausalLM` with its word tokenizer),
+FOLDER/motion (a Video-LLaMA's frame and video Q-Formers, trained on the vision encoder to read
+the action: panda_jax.motion) and FOLDER/report.json (held-out accuracies, seconds). `ensure(config)` returns the folder, building it
 first when the cache has none for the config's fingerprint (the whole config, the package version
 and the source of the code that makes them: a changed world or model makes new foundations): a
 second run, or a second demo seed, reuses it.
@@ -31,7 +32,7 @@ import optax
 from flax import nnx
 
 import panda_jax
-from panda_jax import cli, probe
+from panda_jax import cli, motion, probe
 from panda_jax.data.synthetic.sampling import sample_video_spec
 from panda_jax.data.synthetic.text import video_texts
 from panda_jax.files import atomic_directory
@@ -40,10 +41,10 @@ from panda_jax.models.student import caption_loss
 from panda_jax.teachers import tiny
 
 log = logging.getLogger("panda_jax.foundations")
-VISION, LANGUAGE, REPORT = "vision", "language", "report.json"
+VISION, LANGUAGE, MOTION, REPORT = "vision", "language", "motion", "report.json"
 PLACEHOLDERS = ("<image>", "<video>")  # every visual captioner's placeholder: one tokenizer serves them all
 # The code the foundations are made by (relative to the package): the world they learn, the models, their training.
-SOURCES = ("data/synthetic", "models", "probe.py", "foundations.py")
+SOURCES = ("data/synthetic", "models", "probe.py", "motion.py", "foundations.py")
 
 
 def source_digest() -> str:
@@ -69,14 +70,16 @@ def folder(config: Any) -> Path:
 
 
 def ensure(config: Any) -> Path:
-    """The foundations' folder, pretrained first (vision, then language) if the cache does not hold it yet."""
+    """The foundations' folder, pretrained first (vision, language, then motion on the vision encoder) if the cache
+    does not hold it yet."""
     path = folder(config)
     if (path / REPORT).is_file():
         return path
     log.info("pretraining the foundations into %s (once per config and version)", path)
     with atomic_directory(path) as scratch:
         report = {"fingerprint": fingerprint(config), "vision": pretrain_vision(config.vision, scratch / VISION),
-                  "language": pretrain_language(config.language, scratch / LANGUAGE)}  # fmt: skip
+                  "language": pretrain_language(config.language, scratch / LANGUAGE),
+                  "motion": motion.pretrain_motion(config.motion, scratch / VISION, scratch / MOTION)}  # fmt: skip
         (scratch / REPORT).write_text(json.dumps(report, indent=1) + "\n")
     return path
 
@@ -203,12 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         define=define, shorthands={"out": "out"})  # fmt: skip
     path = ensure(command.config)
     report = json.loads((path / REPORT).read_text())
-    vision, language = report["vision"], report["language"]
+    vision, language, reader = report["vision"], report["language"], report["motion"]
     print(f"foundations in {path}")
     print(f"  vision ({vision['seconds']:.0f} s), held-out accuracy: "
           + ", ".join(f"{fact} {value:.3f}" for fact, value in vision["held_out"].items() if fact not in ("step", "seconds", "loss")))
     print(f"  language ({language['seconds']:.0f} s), held-out next-token accuracy "
           f"{language['held_out']['token_accuracy']:.3f}, loss {language['held_out']['loss']:.3f}")  # fmt: skip
+    print(f"  motion ({reader['seconds']:.0f} s), held-out action accuracy {reader['held_out']['action']:.3f}")
     return 0
 
 

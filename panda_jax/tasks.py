@@ -25,6 +25,8 @@ from panda_jax import losses
 from panda_jax.models import blip2_vision, checkpoint
 from panda_jax.teachers import tiny
 
+MOTION = "motion"  # the foundations' folder of a Video-LLaMA's pretrained Q-Formers (panda_jax.motion)
+
 
 @dataclasses.dataclass
 class Task:
@@ -113,7 +115,8 @@ def retrieval_task(config: Any, mesh: Any) -> Task:
 # config.captioner.shape → the panda_jax.teachers.tiny kind whose checkpoint layout it has (around the language model
 # config.captioner.language names), and the frames it reads (None: any number, the config's).
 CAPTIONER_SHAPES = {"blip2": ("blip2_opt", 1), "instructblip": ("instructblip", 1),
-                    "instructblip_video": ("instructblip_video", None), "language_model": ("opt", 0)}  # fmt: skip
+                    "instructblip_video": ("instructblip_video", None), "video_llama": ("video_llama", None),
+                    "language_model": ("opt", 0)}  # fmt: skip
 
 
 def captioner_kind(shape: str, language: str) -> Any:
@@ -132,10 +135,13 @@ def captioner_kind(shape: str, language: str) -> Any:
     return dataclasses.replace(tiny.KINDS[CAPTIONER_SHAPES[shape][0]], language=language)
 
 
-def captioner_config(config: Any, kind: Any, tokenizer: Any, foundations: Path | None = None) -> dict[str, Any]:
+def captioner_config(
+    config: Any, kind: Any, tokenizer: Any, foundations: Path | None = None, motion: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """config.json of the captioner `config.captioner` describes, in transformers' layout for its `kind`: the sizes
     of the config over panda_jax.teachers.tiny's settings (or, with `foundations`, those of its vision encoder and
-    language model), the vocabulary and special tokens of `tokenizer`."""
+    language model, and with a `motion` foundation's config those of a Video-LLaMA's Q-Formers), the vocabulary and
+    special tokens of `tokenizer`."""
 
     spec, sizes = config.captioner, config.captioner.text
     if foundations is not None:
@@ -161,7 +167,38 @@ def captioner_config(config: Any, kind: Any, tokenizer: Any, foundations: Path |
     vision = spec.vision.to_dict() if foundations is None else _foundation_config(foundations, "vision")
     visual["vision_config"] |= vision | {"image_size": config.train.image_size}
     visual["qformer_config"]["encoder_hidden_size"] = visual["vision_config"]["hidden_size"]
-    return header | visual | {"num_query_tokens": spec.num_query_tokens}
+    num_queries = spec.num_query_tokens
+    if spec.shape == "video_llama":
+        visual["video_config"] = spec.video.to_dict() | {"max_frames": spec.frames}
+        if motion is not None:
+            visual["qformer_config"] |= motion["qformer_config"]
+            visual["video_config"] |= motion["video_config"]
+            num_queries = motion["num_query_tokens"]
+    return header | visual | {"num_query_tokens": num_queries}
+
+
+def _motion_foundation(foundations: Path, spec: Any) -> dict[str, Any] | None:
+    """config.json of the foundations' pretrained Video-LLaMA Q-Formers (panda_jax.motion), None if it has none;
+    refuses one with fewer frame positions than the captioner reads."""
+    path = foundations / MOTION / checkpoint.CONFIG_NAME
+    if not path.is_file():
+        return None
+    motion = json.loads(path.read_text())
+    if motion["video_config"]["max_frames"] < spec.frames:
+        raise ValueError(f"the motion foundation in {path.parent} has frame positions for "
+                         f"{motion['video_config']['max_frames']} frames; captioner.frames is {spec.frames}")
+    return motion
+
+
+def _visual_placeholders(spec: Any, kind: Any, motion: dict[str, Any] | None) -> int:
+    """How many placeholders of visual tokens the captioner's prompt holds."""
+    if kind.placeholder is None:
+        return 0
+    if spec.shape != "video_llama":
+        return spec.num_query_tokens * spec.frames
+    frame, video = (motion["num_query_tokens"], motion["video_config"]["num_query_tokens"]) if motion else (
+        spec.num_query_tokens, spec.video.num_query_tokens)  # fmt: skip
+    return frame * spec.video.appearance_tokens + video
 
 
 def _foundation_config(foundations: Path, part: str) -> dict[str, Any]:
@@ -184,8 +221,8 @@ def learnt_around(frozen: str, known: tuple[str, ...] = ("vision_model", "langua
 
 def with_foundations(tensors: dict[str, np.ndarray], foundations: Path, kind: Any) -> dict[str, np.ndarray]:
     """`tensors` with the vision encoder's and the language model's replaced by the foundations' (a language model
-    alone is the language foundation); a vision encoder read at another resolution gets its position embeddings
-    resized (`blip2_vision.resized_positions`)."""
+    alone is the language foundation), and a Video-LLaMA's Q-Formers by the motion foundation's; a vision encoder read
+    at another resolution gets its position embeddings resized (`blip2_vision.resized_positions`)."""
     language = checkpoint.read_state_dict(foundations / "language" / checkpoint.WEIGHTS_NAME)
     if kind.placeholder is None:
         return tensors | language
@@ -193,13 +230,16 @@ def with_foundations(tensors: dict[str, np.ndarray], foundations: Path, kind: An
     for name, value in checkpoint.read_state_dict(foundations / "vision" / checkpoint.WEIGHTS_NAME).items():
         wanted = out[f"vision_model.{name}"].shape
         out[f"vision_model.{name}"] = value if value.shape == wanted else blip2_vision.resized_positions(value, wanted[1])
+    motion = foundations / MOTION / checkpoint.WEIGHTS_NAME
+    if kind.model_type == "video_llama" and motion.is_file():  # its Q-Formers, pretrained to read the action
+        out |= checkpoint.read_state_dict(motion)
     return out
 
 
 def captioner_task(config: Any, mesh: Any) -> Task:
-    """A captioner of `config.captioner.shape` (BLIP-2, InstructBLIP, InstructBLIP-Video, or a language model alone)
-    trained end to end from random initialisation, every parameter; `export` writes it as a Hugging Face folder that
-    `captioner.load_captioner` and the caption stage read as a released checkpoint's.
+    """A captioner of `config.captioner.shape` (BLIP-2, InstructBLIP, InstructBLIP-Video, Video-LLaMA, or a language
+    model alone) trained end to end from random initialisation, every parameter; `export` writes it as a Hugging Face
+    folder that `captioner.load_captioner` and the caption stage read as a released checkpoint's.
 
     The initial weights are transformers' initialisation (normal(0, 0.02), norm scales 1, biases 0), but with
     LeCun's normal(0, 1/sqrt(in_features)) for linear layers, which these narrow models learn from several times
@@ -229,13 +269,14 @@ def captioner_task(config: Any, mesh: Any) -> Task:
         positions = spec.qformer.max_position_embeddings
         raise ValueError(f"max_prompt_tokens ({spec.max_prompt_tokens}) is more than the Q-Former's positions "
                          f"(captioner.qformer.max_position_embeddings: {positions})")  # fmt: skip
-    placeholders = 0 if kind.placeholder is None else spec.num_query_tokens * spec.frames
+    foundations = Path(spec.foundations).expanduser() if spec.foundations else None
+    motion = _motion_foundation(foundations, spec) if foundations is not None and spec.shape == "video_llama" else None
+    placeholders = _visual_placeholders(spec, kind, motion)
     if placeholders + spec.max_prompt_tokens + spec.max_caption_tokens > spec.text.max_position_embeddings:
         raise ValueError(f"{placeholders} placeholders, {spec.max_prompt_tokens} prompt and {spec.max_caption_tokens} "
                          f"caption tokens do not fit captioner.text.max_position_embeddings "
                          f"({spec.text.max_position_embeddings})")  # fmt: skip
 
-    foundations = Path(spec.foundations).expanduser() if spec.foundations else None
     if foundations is not None:  # the language foundation's tokenizer, as a released LM's
         tokenizer = checkpoint.load_tokenizer(foundations / "language")
     else:
@@ -246,7 +287,7 @@ def captioner_task(config: Any, mesh: Any) -> Task:
             corpus, [kind.placeholder] if kind.placeholder else [], max_words=spec.max_words,
             min_count=spec.min_word_count,
         )  # fmt: skip
-    hf_config = captioner_config(config, kind, tokenizer, foundations)
+    hf_config = captioner_config(config, kind, tokenizer, foundations, motion)
     # Drawn with numpy, as transformers initialises these models, and read by the model's own loader onto the mesh:
     # drawn with nnx.Rngs, every initializer would be compiled, some 10 s on a CPU for even a tiny captioner.
     shapes = checkpoint.abstract(lambda: kind.module(kind.read_config(hf_config), rngs=nnx.Rngs(0)))
@@ -292,7 +333,7 @@ def captioner_task(config: Any, mesh: Any) -> Task:
         if qformer:
             word_tokenizer.save_word_tokenizer(tokenizer, directory / "qformer_tokenizer")
         if kind.placeholder is not None:
-            name, settings = tiny.processor_settings(video=spec.shape == "instructblip_video")
+            name, settings = tiny.processor_settings(video=kind.model_type in tiny.VIDEO_MODEL_TYPES)
             size = {"height": train.image_size, "width": train.image_size}
             (directory / name).write_text(json.dumps(settings | {"size": size}, indent=2, sort_keys=True) + "\n")
 

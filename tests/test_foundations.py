@@ -30,6 +30,7 @@ def test_foundations_are_built_once_and_read_as_hugging_face_folders(built):
     report = json.loads((path / foundations.REPORT).read_text())
     assert report["fingerprint"] == foundations.fingerprint(config)
     assert set(report["vision"]["held_out"]) >= {"main_color", "main_pattern", "main_color_and_pattern"}
+    assert 0.0 <= report["motion"]["held_out"]["action"] <= 1.0
     stamp = (path / "vision" / checkpoint.WEIGHTS_NAME).stat().st_mtime_ns
     assert foundations.ensure(config) == path and (path / "vision" / checkpoint.WEIGHTS_NAME).stat().st_mtime_ns == stamp
     encoder = blip2_vision.load(path / "vision")
@@ -83,6 +84,28 @@ def test_a_captioner_around_the_foundations_learns_only_its_q_former(built, tmp_
         np.testing.assert_array_equal(wanted, expected)
     assert not np.array_equal(flat(nnx.state(load(tmp_path / "teacher").qformer, nnx.Param)), initial_qformer)
 
+def test_a_video_captioner_starts_from_the_motion_foundations_q_formers(built):
+    """Video-LLaMA's frame and video Q-Formers (motion tokens included) are the motion foundation's, at its sizes,
+    whatever the captioner config's Q-Former sizes; a captioner reading more frames than it has positions for is
+    refused."""
+    from panda_jax.models import video_llama
+
+    _, path = built
+    config = cli.load_config("captioner:tiny_video")
+    config.captioner.foundations, config.data.synthetic_eval_videos = str(path), 0
+    config.captioner.qformer.hidden_size = 48  # the foundation's sizes win
+    task = train.TASKS["captioner"](config, None)
+    motion = json.loads((path / "motion" / checkpoint.CONFIG_NAME).read_text())
+    assert task.model.config.motion_tokens and task.model.config.appearance_tokens
+    assert task.model.config.qformer.hidden_size == motion["qformer_config"]["hidden_size"] != 48
+    started = checkpoint.state_dict(task.model, video_llama.video_llama_slots(task.model))
+    pretrained = checkpoint.read_state_dict(path / "motion" / checkpoint.WEIGHTS_NAME)
+    assert "query_tokens" in pretrained and any(name.startswith("video.qformer.") for name in pretrained)
+    for name, value in pretrained.items():
+        np.testing.assert_array_equal(started[name], value, err_msg=name)
+    config.captioner.frames = config.train.num_frames = motion["video_config"]["max_frames"] + 2
+    with pytest.raises(ValueError, match="frame positions for"):
+        train.TASKS["captioner"](config, None)
 
 
 def test_which_ends_stay_frozen_is_a_setting():
@@ -98,7 +121,8 @@ def test_which_ends_stay_frozen_is_a_setting():
 
 def test_the_fingerprint_follows_the_code_that_makes_the_foundations(tmp_path, monkeypatch):
     """Editing the world (or a model) makes new foundations; editing a stage the foundations do not run does not."""
-    for name in ("__init__.py", "data/synthetic/spec.py", "models/llama.py", "probe.py", "foundations.py", "select.py"):
+    for name in ("__init__.py", "data/synthetic/spec.py", "models/llama.py", "probe.py", "motion.py", "foundations.py",
+                 "select.py"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(f"# {name}\n")
     monkeypatch.setattr(foundations.panda_jax, "__file__", str(tmp_path / "__init__.py"))

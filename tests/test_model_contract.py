@@ -14,6 +14,7 @@ import functools
 import importlib
 import json
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,9 @@ from lpips_weights import write_random_lpips
 from panda_jax.data import testmedia
 from panda_jax.models import (
     CheckpointError, blip2, blip2_retrieval, blip2_vision, checkpoint, clip, instructblip, llama, lpips, opt, qformer,
-    sharding, t5, transnetv2,
+    sharding, t5, transnetv2, video_llama,
 )  # fmt: skip
+from panda_jax.teachers import tiny
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,7 +63,7 @@ def first_output(model: nnx.Module, *inputs: Any) -> Any:
     return model(*inputs)[0]
 
 
-def visual_tokens(model: blip2.Blip2 | instructblip.InstructBlip, *inputs: Any) -> jax.Array:
+def visual_tokens(model: blip2.Blip2 | instructblip.InstructBlip | video_llama.VideoLlama, *inputs: Any) -> jax.Array:
     """What the vision encoder and Q-Former hand the language model (whose own case checks it)."""
     return model.visual_tokens(*inputs)
 
@@ -141,6 +143,16 @@ def instructblip_case(architecture: str, variant: str, pixels: tuple[int, ...]) 
     )  # fmt: skip
 
 
+def write_tiny_video_llama(directory: Path) -> Path:
+    """No transformers class reads Video-LLaMA: the tiny teacher folder our own writer makes."""
+    return tiny.write_tiny_checkpoint("video_llama", directory / "video_llama")
+
+
+@functools.cache
+def video_llama_config() -> dict[str, Any]:
+    return json.loads((write_tiny_video_llama(Path(tempfile.mkdtemp())) / checkpoint.CONFIG_NAME).read_text())
+
+
 def clip_config() -> Any:
     tokenizer = test_clip.train_tokenizer()
     return test_clip.hf_config(tokenizer, "quick_gelu", tokenizer.eos_token_id)
@@ -168,6 +180,10 @@ CASES = [
     qformer_case("InstructBlipVideoQFormerModel", "instructblip_video"),
     instructblip_case("InstructBlipForConditionalGeneration", "instructblip", (3, 28, 28)),
     instructblip_case("InstructBlipVideoForConditionalGeneration", "instructblip_video", (test_instructblip.FRAMES, 3, 28, 28)),
+    Case(
+        "VideoLlamaForConditionalGeneration", video_llama.VideoLlama, video_llama_config, write_tiny_video_llama,
+        (RNG.normal(size=(2, 3, 3, tiny.IMAGE_SIZE, tiny.IMAGE_SIZE)).astype(np.float32),), visual_tokens,
+    ),
     transformers_case(
         "CLIPModel", clip.CLIPModel, clip_config,
         (RNG.normal(size=(2, 3, 30, 30)).astype(np.float32), RNG.integers(0, 300, (2, 8))),
@@ -207,6 +223,7 @@ SLOTS = {
     blip2_vision: (lambda model: blip2_vision.vision_slots(model, ""), nothing_ignored),
     qformer: (lambda model: qformer.qformer_slots(model, ""), nothing_ignored),
     instructblip: (instructblip.instructblip_slots, instructblip.instructblip_ignore),
+    video_llama: (video_llama.video_llama_slots, blip2.blip2_ignore),
     clip: (clip.clip_slots, nothing_ignored),
     llama: (llama.llama_slots, llama.llama_ignore),
     opt: (opt.opt_slots, nothing_ignored),

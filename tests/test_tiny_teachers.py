@@ -15,7 +15,7 @@ from panda_jax.models import CheckpointError, captioner, checkpoint
 from panda_jax.models.generation import GenerationConfig
 from panda_jax.teachers import tiny
 
-FRAMES = {"blip2_opt": 1, "instructblip": 1, "instructblip_video": None, "opt": 0, "t5": 0}  # Captioner.frames
+FRAMES = {"blip2_opt": 1, "instructblip": 1, "instructblip_video": None, "video_llama": None, "opt": 0, "t5": 0}
 PROMPTS = ["a red circle moves left", "Please faithfully summarize the video (or image) in one sentence.", "", "Zebra!"]
 SETTINGS = GenerationConfig(max_new_tokens=6, num_beams=1)  # greedy: quick to compile
 

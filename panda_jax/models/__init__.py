@@ -31,6 +31,7 @@ ARCHITECTURES = {
     "InstructBlipVideoQFormerModel": "qformer",
     "InstructBlipForConditionalGeneration": "instructblip",
     "InstructBlipVideoForConditionalGeneration": "instructblip",
+    "VideoLlamaForConditionalGeneration": "video_llama",
     "CLIPModel": "clip",
     "LlamaForCausalLM": "llama",
     "OPTForCausalLM": "opt",

@@ -131,6 +131,11 @@ class Blip2(nnx.Module):
     def is_encoder_decoder(self) -> bool:
         return self.config.text_model_type == "t5"
 
+    @property
+    def num_placeholders(self) -> int:
+        """Visual tokens, one per placeholder of a prompt."""
+        return self.config.num_query_tokens
+
     def visual_tokens(self, pixel_values: jax.Array) -> jax.Array:
         """[batch, num_query_tokens, LM width]: transformers' `get_image_features(...).pooler_output`."""
         image_embeds = self.vision_model(pixel_values)
@@ -173,7 +178,7 @@ class Blip2(nnx.Module):
 
     def default_prompt(self, batch_size: int) -> np.ndarray:
         """transformers' prompt when none is given: the placeholders, then the LM's BOS token if it has one."""
-        placeholders = [] if self.config.image_token_index is None else [self.config.image_token_index] * self.config.num_query_tokens
+        placeholders = [] if self.config.image_token_index is None else [self.config.image_token_index] * self.num_placeholders
         bos = getattr(self.config.text, "bos_token_id", None)
         tokens = placeholders + ([] if bos is None else [bos])
         if not tokens:
@@ -210,7 +215,7 @@ class Blip2(nnx.Module):
 
     def _check_prompt(self, input_ids: Any) -> None:
         if self.config.image_token_index is not None:
-            check_placeholders(input_ids, self.config.image_token_index, self.config.num_query_tokens)
+            check_placeholders(input_ids, self.config.image_token_index, self.num_placeholders)
 
 
 _prompt_embeds = nnx.jit(Blip2.prompt_embeds)

@@ -43,7 +43,9 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image
 
-from panda_jax.models import blip2, checkpoint, instructblip, llama, load, opt, preprocess, sharding, student, t5
+from panda_jax.models import (
+    blip2, checkpoint, instructblip, llama, load, opt, preprocess, sharding, student, t5, video_llama,
+)
 from panda_jax.models.clip import IMAGE_MEAN, IMAGE_STD
 from panda_jax.models.generation import GenerationConfig, generate
 from panda_jax.models.inference import bucket, pad_rows, pad_tokens
@@ -210,13 +212,16 @@ class VisualCaptioner(Captioner):
 
 
 class Blip2Captioner(VisualCaptioner):
-    """BLIP-2 with OPT or LLaMA (prompts padded on the left) or Flan-T5 (on the right): one frame per clip."""
+    """BLIP-2 with OPT or LLaMA (prompts padded on the left) or Flan-T5 (on the right): one frame per clip;
+    Video-LLaMA, BLIP-2 with a video Q-Former: every frame."""
 
-    frames = 1
+    @property
+    def frames(self) -> int | None:
+        return None if isinstance(self.model, video_llama.VideoLlama) else 1
 
     def _prompt_inputs(self, pixel_values: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
         config = self.model.config
-        placeholders = [] if config.image_token_index is None else [config.image_token_index] * config.num_query_tokens
+        placeholders = [] if config.image_token_index is None else [config.image_token_index] * self.model.num_placeholders
         return self._language_prompt(prompts, placeholders, "right" if self.model.is_encoder_decoder else "left")
 
 
@@ -278,7 +283,8 @@ class LanguageModelCaptioner(Captioner):
 
 
 LANGUAGE_MODELS = opt.ARCHITECTURES + llama.ARCHITECTURES + t5.ARCHITECTURES
-CAPTIONING = blip2.ARCHITECTURES + instructblip.ARCHITECTURES + LANGUAGE_MODELS + (student.ARCHITECTURE,)
+CAPTIONING = (blip2.ARCHITECTURES + video_llama.ARCHITECTURES + instructblip.ARCHITECTURES + LANGUAGE_MODELS
+              + (student.ARCHITECTURE,))  # fmt: skip
 
 
 def load_captioner(

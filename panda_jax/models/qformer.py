@@ -21,6 +21,7 @@ that LayerNorm under `embeddings.`. The learned queries belong to the enclosing 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -244,6 +245,44 @@ class QFormer(nnx.Module):
         for layer in self.layers:
             x = layer(x, key_mask, image_embeds, num_queries, None if image_mask is None else image_mask.astype(bool))
         return x
+
+
+class VideoQFormer(nnx.Module):
+    """A clip's frames read as one: a learned frame-position embedding added to each frame's query outputs, then
+    a Q-Former (no text) whose own learned queries cross-attend to the query outputs of every frame. Video-LLaMA's
+    video Q-Former, and the Panda-70M student's video branch: where frames are compared, before a language model
+    sees them.
+
+    With `motion_tokens`, the queries also read each frame's departure from the clip's average (its query outputs
+    less their mean over the frames, with the frame's position): what changes across the clip, apart from what
+    stays. Every frame's query outputs share a large part that does not change (the object, the background), and
+    attention over them alone did not learn to tell one direction of motion from another (action 0.16 after 300
+    steps of direct supervision; 0.70 after 100 steps from the difference of the frames' means).
+    """
+
+    def __init__(self, frame_qformer: QFormerConfig, max_frames: int, num_queries: int, num_layers: int, *,
+                 motion_tokens: bool = False, dtype: Any = jnp.float32, rngs: nnx.Rngs):  # fmt: skip
+        width = frame_qformer.hidden_size
+        self.max_frames, self.motion_tokens = max_frames, motion_tokens
+        positions = logical(nnx.initializers.normal(0.02), "positions", "embed")
+        self.frame_position = nnx.Param(positions(rngs.params(), (max_frames, width)))
+        self.queries = QueryTokens(num_queries, width, rngs=rngs)
+        self.qformer = QFormer(dataclasses.replace(
+            frame_qformer, num_layers=num_layers, cross_attention_frequency=1, encoder_hidden_size=width,
+            text_input=False, text_embeddings=False,
+        ), dtype=dtype, rngs=rngs)  # fmt: skip
+
+    def __call__(self, per_frame: jax.Array) -> jax.Array:
+        """Query outputs [clips, frames, queries, width] of each frame → [clips, num_queries, width]."""
+        clips, frames = per_frame.shape[:2]
+        if frames > self.max_frames:
+            raise ValueError(f"{frames} frames per clip, but the model has frame positions for {self.max_frames}")
+        position = self.frame_position[:frames][:, None]
+        tokens = [per_frame + position]
+        if self.motion_tokens:
+            tokens.append(per_frame - per_frame.mean(axis=1, keepdims=True) + position)
+        context = jnp.concatenate([t.reshape(clips, -1, t.shape[-1]) for t in tokens], axis=1)
+        return self.qformer(self.queries(clips), context)
 
 
 def _attention_slots(name: str, layer: QFormerAttention) -> dict[str, Slot]:

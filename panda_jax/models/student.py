@@ -35,8 +35,7 @@ from jax.sharding import Mesh
 from panda_jax.models import blip2, checkpoint, generation
 from panda_jax.models.blip2 import Blip2
 from panda_jax.models.layers import embedding, linear
-from panda_jax.models.qformer import QFormer, QueryTokens, frame_queries
-from panda_jax.models.sharding import logical
+from panda_jax.models.qformer import QFormer, VideoQFormer, frame_queries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,20 +59,14 @@ class Student(nnx.Module):
         self.image_model, self.config = image_model, config
         frame_qformer = image_model.config.qformer
         width, language_width = frame_qformer.hidden_size, image_model.config.text.hidden_size
-
-        def qformer(layers: int, context_width: int) -> QFormer:
-            return QFormer(dataclasses.replace(
-                frame_qformer, num_layers=layers, cross_attention_frequency=1, encoder_hidden_size=context_width,
-                text_input=False, text_embeddings=False,
-            ), dtype=dtype, rngs=rngs)  # fmt: skip
-
-        positions = logical(nnx.initializers.normal(0.02), "positions", "embed")
-        self.frame_position = nnx.Param(positions(rngs.params(), (config.num_frames, width)))
-        self.video_queries = QueryTokens(config.num_queries, width, rngs=rngs)
-        self.video_qformer = qformer(config.video_layers, width)
+        self.video = VideoQFormer(frame_qformer, config.num_frames, config.num_queries, config.video_layers,
+                                  dtype=dtype, rngs=rngs)  # fmt: skip
         self.video_projection = linear(width, language_width, ("embed", "embed"), dtype=dtype, rngs=rngs)
         self.prompt_positions = embedding(config.max_prompt_tokens, language_width, ("positions", "embed"), rngs=rngs)
-        self.text_qformer = qformer(config.text_layers, language_width)
+        self.text_qformer = QFormer(dataclasses.replace(
+            frame_qformer, num_layers=config.text_layers, cross_attention_frequency=1, encoder_hidden_size=language_width,
+            text_input=False, text_embeddings=False,
+        ), dtype=dtype, rngs=rngs)  # fmt: skip
         self.text_projection = linear(width, language_width, ("embed", "embed"), dtype=dtype, rngs=rngs)
 
     @property
@@ -83,10 +76,8 @@ class Student(nnx.Module):
     def video_tokens(self, pixel_values: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(video Q-Former outputs [B, queries, Q-Former width], video tokens [B, queries, LM width]) of
         pixel values [B, T, 3, H, W]."""
-        clips, frames = pixel_values.shape[:2]
         _, per_frame = frame_queries(self.image_model, pixel_values, self.config.num_frames)
-        per_frame = per_frame + self.frame_position[:frames][:, None]
-        video = self.video_qformer(self.video_queries(clips), per_frame.reshape(clips, -1, per_frame.shape[-1]))
+        video = self.video(per_frame)
         return video, self.video_projection(video)
 
     def prefix(self, pixel_values: jax.Array, prompt_ids: jax.Array, prompt_mask: jax.Array) -> jax.Array:

@@ -6,6 +6,7 @@ A teacher (configs/teachers.py) is a name, a model family, a checkpoint folder, 
   blip2               BLIP-2 (OPT, LLaMA or Flan-T5): one frame
   instructblip        InstructBLIP (Vicuna): one frame
   instructblip_video  InstructBLIP-Video (Vicuna): N frames
+  video_llama         Video-LLaMA (BLIP-2 and a video Q-Former; LLaMA or OPT): N frames
   language_model      OPT, LLaMA or T5: the side text alone, no frame
   external            captions made elsewhere (a vLLM or API captioner), read from a JSONL
   student             the student captioner `python -m panda_jax.train --config=student` made: N frames
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from panda_jax.models import blip2, llama, opt, student, t5
+from panda_jax.models import blip2, llama, opt, student, t5, video_llama
 from panda_jax.models.generation import GenerationConfig
 from panda_jax.records import check_id
 
@@ -30,6 +31,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], int | None]] = {
     "blip2": (blip2.ARCHITECTURES, 1),
     "instructblip": (("InstructBlipForConditionalGeneration",), 1),
     "instructblip_video": (("InstructBlipVideoForConditionalGeneration",), None),
+    "video_llama": (video_llama.ARCHITECTURES, None),
     "language_model": (opt.ARCHITECTURES + llama.ARCHITECTURES + t5.ARCHITECTURES, 0),
     "external": ((), 0),
     "student": ((student.ARCHITECTURE,), None),

@@ -9,6 +9,7 @@ use. Kinds:
   blip2_opt           Blip2ForConditionalGeneration, OPT language model: one image
   instructblip        InstructBlipForConditionalGeneration, LLaMA: one image
   instructblip_video  InstructBlipVideoForConditionalGeneration, LLaMA: any number of frames
+  video_llama         VideoLlamaForConditionalGeneration (panda_jax.models.video_llama), LLaMA: up to 8 frames
   opt                 OPTForCausalLM: text only
   t5                  T5ForConditionalGeneration (Flan-T5's layout): text only
   blip2_retrieval     Blip2ForImageTextRetrieval (BERT tokenizer): the caption selector's image model
@@ -39,7 +40,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from panda_jax.files import atomic_directory
-from panda_jax.models import blip2, blip2_retrieval, checkpoint, instructblip, opt, t5
+from panda_jax.models import blip2, blip2_retrieval, checkpoint, instructblip, opt, t5, video_llama
 from panda_jax.models.clip import IMAGE_MEAN, IMAGE_STD
 
 # The vocabulary: everyday caption words, the synthetic corpus's (colours, shapes, sizes, motions,
@@ -79,6 +80,7 @@ QFORMER = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, cross_attention_frequency=1,
     max_position_embeddings=512, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=0,
 )  # fmt: skip
+VIDEO = dict(max_frames=8, num_query_tokens=QUERIES, num_hidden_layers=1)  # Video-LLaMA's video Q-Former
 OPT = dict(
     model_type="opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
     max_position_embeddings=POSITIONS, word_embed_proj_dim=32, do_layer_norm_before=True,
@@ -126,11 +128,17 @@ KINDS = {
         "InstructBlipVideoForConditionalGeneration", "instructblipvideo", "llama", *_INSTRUCTBLIP, "<video>",
         "video_token_index",
     ),
+    "video_llama": Kind(
+        "VideoLlamaForConditionalGeneration", "video_llama", "llama",
+        lambda config: video_llama.VideoLlamaConfig.from_hf(config, set()), video_llama.VideoLlama,
+        video_llama.video_llama_slots, "<video>", "video_token_index",
+    ),
     "opt": Kind("OPTForCausalLM", "opt", "opt", opt.OPTConfig.from_hf, opt.OPTForCausalLM, opt.opt_slots),
     "t5": Kind(
         "T5ForConditionalGeneration", "t5", "t5", t5.T5Config.from_hf, t5.T5ForConditionalGeneration, t5.t5_slots
     ),
 }  # fmt: skip
+VIDEO_MODEL_TYPES = ("instructblipvideo", "video_llama")  # the kinds that read clips: a video processor
 # What precedes a word that starts a token, in each language model's tokenizer: byte-level BPE's space, or ▁.
 WORD_START = {"opt": "Ġ", "llama": "▁", "t5": "▁"}
 # Where each language model's output projection is: OPT's is its token embeddings.
@@ -176,7 +184,7 @@ def write_tiny_checkpoint(kind: str, directory: str | os.PathLike, seed: int = 0
         if qformer_tokenizer is not None:
             qformer_tokenizer.save_pretrained(folder / "qformer_tokenizer")
         if spec.placeholder is not None:
-            name, settings = processor_settings(spec.model_type == "instructblipvideo")
+            name, settings = processor_settings(spec.model_type in VIDEO_MODEL_TYPES)
             (folder / name).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     return directory
 
@@ -256,10 +264,12 @@ def write_tiny_retrieval(directory: str | os.PathLike, seed: int = 0, vision: Pa
 
 
 def visual_config(spec: Kind, text: dict[str, Any], placeholder_id: int, qformer: dict[str, Any]) -> dict[str, Any]:
-    """config.json's fields of a BLIP-2 or InstructBLIP(-Video) around the language model's `text` config;
-    `qformer` adds to the Q-Former's."""
-    prefix = spec.model_type.replace("blip-2", "blip_2")  # of the vision encoder's and Q-Former's model types
-    return {
+    """config.json's fields of a BLIP-2, Video-LLaMA or InstructBLIP(-Video) around the language model's `text`
+    config; `qformer` adds to the Q-Former's."""
+    # of the vision encoder's and Q-Former's model types: Video-LLaMA's are BLIP-2's
+    prefix = "blip_2" if spec.model_type in ("blip-2", "video_llama") else spec.model_type
+    video = {"video_config": VIDEO} if spec.module is video_llama.VideoLlama else {}
+    return video | {
         "model_type": spec.model_type,
         "num_query_tokens": QUERIES,
         spec.placeholder_key: placeholder_id,
